@@ -1,0 +1,1 @@
+"""picmap: 2-D maps of image collections with t-SimCNE."""
