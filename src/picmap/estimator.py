@@ -1,0 +1,370 @@
+"""TSimCNE: the scikit-learn style estimator that fits a 2-D map of images and places new ones."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from sklearn.base import BaseEstimator
+from sklearn.exceptions import NotFittedError
+from torch import nn
+from tqdm.auto import tqdm
+
+from ._io import atomic_path, write_text_atomic
+from .augment import grayscale
+from .data.sources import to_store
+from .data.store import ImageStore
+from .loss import METRICS
+from .model import BACKBONES, EmbeddingNet, make_backbone
+from .train import Stage, TrainConfig, Trainer, warmup_epochs_for
+
+MODEL_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+FORMAT_VERSION = 1
+_PRETRAIN_DIM = 128
+_FINETUNE_LR_RATIO = 1e-3
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``"auto"`` picks CUDA, then Apple MPS, then the CPU; anything else is taken as given."""
+    if str(device) != "auto":
+        try:
+            return torch.device(device)
+        except RuntimeError as err:
+            raise ValueError(f"device={device!r} is not a device torch knows ({err})") from None
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+class TSimCNE(BaseEstimator):
+    """t-SimCNE: a parametric 2-D map of images learned by contrastive learning.
+
+    A network is trained so that two random augmentations of one image land close together
+    and all other images lie apart, under the Cauchy similarity ``1/(1+d²)`` of the map. It
+    trains in three stages: (1) pre-training with a 128-D output, (2) a new 2-D readout layer
+    trained alone, (3) the whole network fine-tuned at ``learning_rate × 1/1000``.
+
+    Parameters
+    ----------
+    backbone : "resnet18", "small" or nn.Module
+        "resnet18" is the paper's CIFAR ResNet-18 (GPU recommended). "small" is a five-layer CNN
+        that makes CPU training practical for small images. Any module mapping a float batch
+        ``N×C×H×W`` in [0, 1] to ``N×feature_dim`` features may be passed.
+    feature_dim : int, optional
+        Output size of a custom backbone (required then; known for named ones).
+    hidden_dim : int
+        Width of the projection head's hidden layer (1024 in the paper).
+    out_dim : int
+        Dimensions of the map: 2 (default) or 3.
+    metric : "cauchy" or "cosine"
+        "cauchy" is t-SimCNE's similarity and the one that makes sense for a map; "cosine" is
+        SimCLR's loss (with ``temperature``), useful for high-dimensional features.
+    total_epochs : three ints
+        Epochs of stages 1, 2 and 3. The paper uses ``[1000, 50, 450]``; fewer still give a
+        useful map, more give a cleaner one.
+    batch_size : int
+        Images per step (each gives two views). Larger batches give more negatives.
+    learning_rate : float or "auto"
+        Stage-1 and stage-2 learning rate; "auto" is ``0.03 × batch_size / 256``.
+    warmup_epochs : int
+        Linear warm-up at the start of stages 1 and 3, capped at a tenth of the stage.
+    image_size : int, optional
+        Side of the square images the network sees. By default the data's own size when all
+        images share it, else the median of their shorter sides.
+    device : "auto" or a torch device
+        "auto" picks CUDA, then Apple MPS, then the CPU.
+    seed : int, optional
+        Seeds initialisation, shuffling and augmentation: the same seed on the same device
+        gives the same map.
+    verbose : bool
+        Progress bars and the time estimate on standard error.
+    checkpoint_dir : path, optional
+        Where a checkpoint is written after every epoch; a fit finds it there and resumes.
+    """
+
+    def __init__(
+        self,
+        backbone: str | nn.Module = "resnet18",
+        *,
+        feature_dim: int | None = None,
+        hidden_dim: int = 1024,
+        out_dim: int = 2,
+        metric: str = "cauchy",
+        temperature: float = 0.5,
+        total_epochs: Sequence[int] = (1000, 50, 450),
+        batch_size: int = 512,
+        learning_rate: float | str = "auto",
+        warmup_epochs: int = 10,
+        momentum: float = 0.9,
+        weight_decay: float = 5e-4,
+        grad_clip: float | None = 4.0,
+        image_size: int | None = None,
+        device: str | torch.device = "auto",
+        seed: int | None = None,
+        verbose: bool = True,
+        checkpoint_dir: str | Path | None = None,
+    ) -> None:
+        self.backbone = backbone
+        self.feature_dim = feature_dim
+        self.hidden_dim = hidden_dim
+        self.out_dim = out_dim
+        self.metric = metric
+        self.temperature = temperature
+        self.total_epochs = total_epochs
+        self.batch_size = batch_size
+        self.learning_rate = learning_rate
+        self.warmup_epochs = warmup_epochs
+        self.momentum = momentum
+        self.weight_decay = weight_decay
+        self.grad_clip = grad_clip
+        self.image_size = image_size
+        self.device = device
+        self.seed = seed
+        self.verbose = verbose
+        self.checkpoint_dir = checkpoint_dir
+
+    # -- fitting -------------------------------------------------------------------------------
+
+    def fit(self, X, y=None) -> TSimCNE:
+        """Learn the map of ``X`` (arrays, tensors, a Dataset, a folder or a list of files).
+
+        ``y`` optionally gives labels; they are kept with the embedding but do not affect it.
+        """
+        self._check_params()
+        store = to_store(X, labels=y, image_size=self.image_size, verbose=self.verbose)
+        if len(store) < 2:
+            raise ValueError(
+                f"X holds {len(store)} image; a map needs at least 2 (and enough for a batch)"
+            )
+        self.device_ = resolve_device(self.device)
+        self.seed_ = self.seed if self.seed is not None else random.randrange(2**31)
+        self.image_size_, self.channels_ = store.image_size, store.channels
+        self.model_ = self._build_net(store.channels, self.device_)
+        generator = torch.Generator(self.device_).manual_seed(self.seed_)
+        trainer = Trainer(
+            self.model_,
+            store.images.to(self.device_),
+            self._train_config(),
+            generator,
+            checkpoint_dir=self.checkpoint_dir,
+        )
+        trainer.resume()
+        self.loss_history_ = trainer.run()
+        self._keep_data_info(store)
+        self.embedding_ = self._embed(store)
+        return self
+
+    def fit_transform(self, X, y=None) -> np.ndarray:
+        """Fit, and return the map coordinates of ``X`` (``N×out_dim`` float32)."""
+        return self.fit(X, y).embedding_
+
+    def _check_params(self) -> None:
+        if self.metric not in METRICS:
+            raise ValueError(f"metric={self.metric!r} is not known; use one of {METRICS}")
+        if isinstance(self.backbone, str) and self.backbone not in BACKBONES:
+            raise ValueError(
+                f"backbone={self.backbone!r} is not known; use one of {BACKBONES} or an nn.Module"
+            )
+        if isinstance(self.backbone, nn.Module) and not self.feature_dim:
+            raise ValueError("a custom backbone needs feature_dim= (the size of its output)")
+        epochs = list(self.total_epochs)
+        if len(epochs) != 3 or any(not isinstance(e, int) or e < 0 for e in epochs):
+            raise ValueError(
+                f"total_epochs={self.total_epochs!r} must be three whole numbers ≥ 0 "
+                "(epochs of stages 1, 2, 3), e.g. [1000, 50, 450]"
+            )
+        if not isinstance(self.out_dim, int) or self.out_dim < 1:
+            raise ValueError(f"out_dim={self.out_dim!r} must be a positive int (2 for a map)")
+        if not isinstance(self.batch_size, int) or self.batch_size < 2:
+            raise ValueError(f"batch_size={self.batch_size!r} must be an int ≥ 2")
+        lr = self.learning_rate
+        if lr != "auto" and not (isinstance(lr, int | float) and lr > 0 and math.isfinite(lr)):
+            raise ValueError(f"learning_rate={lr!r} must be a positive number or 'auto'")
+
+    def _build_net(self, channels: int, device: torch.device) -> EmbeddingNet:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed_)
+            if isinstance(self.backbone, nn.Module):
+                backbone, feature_dim = self.backbone, int(self.feature_dim)
+            else:
+                backbone, feature_dim = make_backbone(self.backbone, channels)
+            net = EmbeddingNet(backbone, feature_dim, self.hidden_dim, _PRETRAIN_DIM)
+        return net.to(device)
+
+    def _train_config(self) -> TrainConfig:
+        lr = 0.03 * self.batch_size / 256 if self.learning_rate == "auto" else self.learning_rate
+        e1, e2, e3 = self.total_epochs
+        stages = [
+            Stage(e1, lr, warmup_epochs_for(e1, self.warmup_epochs), _PRETRAIN_DIM, False),
+            Stage(e2, lr, 0, self.out_dim, True),
+            Stage(
+                e3,
+                lr * _FINETUNE_LR_RATIO,
+                warmup_epochs_for(e3, self.warmup_epochs),
+                self.out_dim,
+                False,
+            ),
+        ]
+        return TrainConfig(
+            stages=stages,
+            batch_size=self.batch_size,
+            image_size=self.image_size_,
+            metric=self.metric,
+            temperature=self.temperature,
+            momentum=self.momentum,
+            weight_decay=self.weight_decay,
+            grad_clip=self.grad_clip,
+            verbose=self.verbose,
+        )
+
+    def _keep_data_info(self, store: ImageStore) -> None:
+        self.labels_ = store.labels
+        self.class_names_ = store.class_names
+        self.file_names_ = store.file_names
+
+    # -- placing images ------------------------------------------------------------------------
+
+    def transform(self, X) -> np.ndarray:
+        """Place images on the fitted map (no augmentation): ``N×out_dim`` float32."""
+        if not hasattr(self, "model_"):
+            raise NotFittedError(
+                "this TSimCNE is not fitted yet: call fit(X) (or load a saved one)"
+            )
+        store = to_store(X, image_size=self.image_size_, verbose=self.verbose)
+        return self._embed(store)
+
+    @torch.no_grad()
+    def _embed(self, store: ImageStore, batch_size: int = 1024) -> np.ndarray:
+        images = _match_channels(store.images, self.channels_)
+        self.model_.eval()
+        out = []
+        for start in tqdm(
+            range(0, len(images), batch_size),
+            desc="placing images",
+            unit="batch",
+            disable=not self.verbose or len(images) <= 10 * batch_size,
+        ):
+            batch = images[start : start + batch_size].to(self.device_).float() / 255
+            out.append(self.model_(batch).float().cpu())
+        return torch.cat(out).numpy()
+
+    # -- saving --------------------------------------------------------------------------------
+
+    def save(self, path: str | Path) -> None:
+        """Write ``model.safetensors`` and ``config.json`` into the folder ``path``."""
+        if not hasattr(self, "model_"):
+            raise NotFittedError("nothing to save: this TSimCNE is not fitted yet")
+        folder = Path(path)
+        state = {k: v.detach().cpu().contiguous() for k, v in self.model_.state_dict().items()}
+        with atomic_path(folder / MODEL_FILE) as tmp:
+            save_file(state, str(tmp))
+        params = self.get_params()
+        params["backbone"] = params["backbone"] if isinstance(self.backbone, str) else "custom"
+        params["device"] = str(params["device"])
+        params["total_epochs"] = list(params["total_epochs"])
+        params["checkpoint_dir"] = None
+        config = {
+            "format_version": FORMAT_VERSION,
+            "params": params,
+            "image_size": self.image_size_,
+            "channels": self.channels_,
+            "seed": self.seed_,
+            "class_names": self.class_names_,
+        }
+        write_text_atomic(folder / CONFIG_FILE, json.dumps(config, indent=2))
+
+    @classmethod
+    def load(
+        cls, path: str | Path, *, backbone: nn.Module | None = None, device: str = "auto"
+    ) -> TSimCNE:
+        """Load a map saved with :meth:`save`. A custom backbone must be passed again."""
+        folder = Path(path)
+        config = _read_config(folder)
+        params = config["params"]
+        if params["backbone"] == "custom":
+            if backbone is None:
+                raise ValueError(f"{path} was fitted with a custom backbone: pass backbone=")
+            params["backbone"] = backbone
+        params.update(device=device, verbose=False)
+        model = cls(**params)
+        model.device_ = resolve_device(device)
+        model.seed_ = config["seed"]
+        model.image_size_, model.channels_ = config["image_size"], config["channels"]
+        model.class_names_ = config["class_names"]
+        _check_weights_match(folder / MODEL_FILE, model)
+        model.model_ = model._build_net(model.channels_, model.device_)
+        model.model_.replace_readout(model.out_dim)
+        model.model_.load_state_dict(load_file(str(folder / MODEL_FILE), device=str(model.device_)))
+        return model
+
+
+def _read_config(folder: Path) -> dict:
+    """Read and check ``config.json``: known keys only, values of the right kind."""
+    path = folder / CONFIG_FILE
+    if not path.is_file() or not (folder / MODEL_FILE).is_file():
+        raise ValueError(f"{folder} holds no saved picmap model ({CONFIG_FILE} + {MODEL_FILE})")
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path} is not valid JSON ({err}); re-save the model") from None
+    expected = {"format_version", "params", "image_size", "channels", "seed", "class_names"}
+    if not isinstance(config, dict) or set(config) != expected:
+        raise ValueError(f"{path} does not have the keys of a picmap config: {sorted(expected)}")
+    if config["format_version"] != FORMAT_VERSION:
+        raise ValueError(
+            f"{path} has format_version {config['format_version']!r}; "
+            f"this picmap reads version {FORMAT_VERSION}"
+        )
+    known = set(TSimCNE().get_params())
+    params = config["params"]
+    if not isinstance(params, dict) or not set(params) <= known:
+        unknown = sorted(set(params) - known) if isinstance(params, dict) else params
+        raise ValueError(f"{path}: unknown parameters {unknown}")
+    for key in ("image_size", "channels"):
+        if not isinstance(config[key], int) or not 0 < config[key] <= 4096:
+            raise ValueError(f"{path}: {key}={config[key]!r} is not a plausible value")
+    return config
+
+
+def _check_weights_match(weights: Path, model: TSimCNE) -> None:
+    """Compare the tensor shapes in the file with the network the config describes.
+
+    The network is first built on the "meta" device (no memory), so a config with absurd sizes
+    is refused before anything large is allocated.
+    """
+    with torch.device("meta"):
+        net = model._build_net(model.channels_, torch.device("meta"))
+        net.replace_readout(model.out_dim)
+    expected = {k: tuple(v.shape) for k, v in net.state_dict().items()}
+    try:
+        with safe_open(str(weights), "pt") as f:
+            found = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118
+    except Exception as err:  # safetensors raises its own error types for a damaged file
+        raise ValueError(f"{weights} is not a readable safetensors file ({err})") from None
+    if found != expected:
+        wrong = sorted(
+            set(found) ^ set(expected) | {k for k in found if found[k] != expected.get(k)}
+        )
+        raise ValueError(
+            f"{weights} does not match its {CONFIG_FILE} (tensors differ: {wrong[:5]}); "
+            "the files were changed or come from different models"
+        )
+
+
+def _match_channels(images: torch.Tensor, channels: int) -> torch.Tensor:
+    """Bring images to the channel count the map was fitted on (grey ↔ RGB)."""
+    if images.shape[1] == channels:
+        return images
+    if channels == 3:
+        return images.expand(-1, 3, -1, -1)
+    return grayscale(images.float()).round().to(torch.uint8)

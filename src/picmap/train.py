@@ -1,0 +1,339 @@
+"""The three-stage t-SimCNE schedule: optimizer, learning-rate schedule, checkpoints.
+
+Stage 1 pre-trains the network with a high-dimensional output; stage 2 swaps the readout
+for a 2-D (or 3-D) one and trains only that layer; stage 3 fine-tunes everything.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from torch import nn
+from tqdm.auto import tqdm
+
+from ._io import atomic_path
+from .augment import AugmentConfig, augment
+from .loss import info_nce
+from .model import EmbeddingNet
+
+logger = logging.getLogger("picmap")
+
+CHECKPOINT_FILE = "checkpoint.safetensors"
+_SLOW_FIT_SECONDS = 3600
+
+
+class DivergedError(ValueError):
+    """The loss stopped being finite; the last good weights are kept in the model."""
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage of training."""
+
+    epochs: int
+    lr: float
+    warmup_epochs: int
+    out_dim: int
+    readout_only: bool
+
+
+@dataclass
+class TrainConfig:
+    """Everything the training loop needs besides the network and the data."""
+
+    stages: list[Stage]
+    batch_size: int
+    image_size: int
+    metric: str = "cauchy"
+    temperature: float = 0.5
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    grad_clip: float | None = 4.0
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    verbose: bool = True
+
+
+@dataclass
+class Progress:
+    """Where training stands: the next (stage, epoch, step) to run and the loss so far."""
+
+    stage: int = 0
+    epoch: int = 0
+    step: int = 0
+    epoch_loss_sum: float = 0.0
+    losses: list[list[float]] = field(default_factory=list)
+
+
+class Interrupted(KeyboardInterrupt):
+    """Training stopped on request after writing a checkpoint."""
+
+
+def warmup_epochs_for(epochs: int, warmup: int) -> int:
+    """Warm-up length: the requested epochs, but never more than a tenth of a short stage."""
+    return min(warmup, math.ceil(0.1 * epochs))
+
+
+def learning_rate(stage: Stage, step: int, steps_per_epoch: int) -> float:
+    """Linear warm-up from ``lr/warmup_steps`` to ``lr``, then cosine decay towards 0."""
+    warmup_steps = stage.warmup_epochs * steps_per_epoch
+    total = stage.epochs * steps_per_epoch
+    if step < warmup_steps:
+        return stage.lr * (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, total - warmup_steps)
+    return stage.lr * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def _report(message: str, verbose: bool) -> None:
+    logger.info(message)
+    if verbose:
+        tqdm.write(message, file=sys.stderr)
+
+
+def _trainable(net: EmbeddingNet, stage: Stage) -> list[nn.Parameter]:
+    for p in net.parameters():
+        p.requires_grad_(not stage.readout_only)
+    for p in net.head.readout.parameters():
+        p.requires_grad_(True)
+    return [p for p in net.parameters() if p.requires_grad]
+
+
+def _format_duration(seconds: float) -> str:
+    minutes = round(seconds / 60)
+    return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{seconds:.0f} s"
+
+
+class Trainer:
+    """Runs the stages on one device and keeps enough state to resume after a stop.
+
+    A checkpoint holds the model, the optimizer, the random generator and the position down to
+    the step, plus the generator state at the start of the epoch, from which the epoch's
+    shuffling is re-drawn on resume: a resumed run continues exactly as if never stopped.
+    """
+
+    def __init__(
+        self,
+        net: EmbeddingNet,
+        images: torch.Tensor,
+        config: TrainConfig,
+        generator: torch.Generator,
+        checkpoint_dir: str | Path | None = None,
+        checkpoint_interval: float = 60.0,
+    ) -> None:
+        if config.batch_size > len(images):
+            raise ValueError(
+                f"batch_size={config.batch_size} is larger than the data ({len(images)} images); "
+                f"pass batch_size={len(images)} or less"
+            )
+        self.net = net
+        self.images = images
+        self.config = config
+        self.generator = generator
+        self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else None
+        self.checkpoint_interval = checkpoint_interval
+        self.progress = Progress(losses=[[] for _ in config.stages])
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.on_epoch_end: Callable[[Trainer], None] | None = None
+        self.stop_requested = False
+        self._epoch_rng = generator.get_state()
+        self._last_save = time.monotonic()
+        self._estimate_logged = False
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return len(self.images) // self.config.batch_size
+
+    def run(self) -> list[list[float]]:
+        """Train every remaining step of every stage; returns the loss per epoch per stage."""
+        p = self.progress
+        self._estimate_logged |= p.stage > 0 or p.epoch > 0 or p.step > 0
+        while p.stage < len(self.config.stages):
+            self._run_stage(p.stage)
+            p.stage, p.epoch = p.stage + 1, 0
+            self.optimizer = None
+            self.save_checkpoint()
+        return p.losses
+
+    def _make_optimizer(self, stage: Stage) -> torch.optim.Optimizer:
+        return torch.optim.SGD(
+            _trainable(self.net, stage),
+            lr=stage.lr,
+            momentum=self.config.momentum,
+            weight_decay=self.config.weight_decay,
+        )
+
+    def _run_stage(self, index: int) -> None:
+        stage = self.config.stages[index]
+        if self.net.out_dim != stage.out_dim:
+            self.net.replace_readout(stage.out_dim)
+        if self.optimizer is None:
+            self.optimizer = self._make_optimizer(stage)
+        self.net.train()
+        p = self.progress
+        bar = tqdm(
+            total=stage.epochs * self.steps_per_epoch,
+            initial=p.epoch * self.steps_per_epoch + p.step,
+            desc=f"stage {index + 1}/{len(self.config.stages)}",
+            unit="step",
+            disable=not self.config.verbose,
+            dynamic_ncols=True,
+            file=sys.stderr,
+        )
+        with bar:
+            while p.epoch < stage.epochs:
+                started = time.perf_counter()
+                steps_before = p.step
+                loss = self._run_epoch(index, stage, bar)
+                seconds = time.perf_counter() - started
+                p.losses[index].append(loss)
+                p.epoch, p.step, p.epoch_loss_sum = p.epoch + 1, 0, 0.0
+                images_done = (self.steps_per_epoch - steps_before) * self.config.batch_size
+                bar.set_postfix(
+                    epoch=f"{p.epoch}/{stage.epochs}",
+                    loss=f"{loss:.4f}",
+                    lr=f"{self.optimizer.param_groups[0]['lr']:.2e}",
+                    img_s=f"{images_done / seconds:.0f}",
+                )
+                if self.on_epoch_end:
+                    self.on_epoch_end(self)
+
+    def _run_epoch(self, index: int, stage: Stage, bar: tqdm) -> float:
+        cfg, B, p = self.config, self.config.batch_size, self.progress
+        device = self.images.device
+        good_state = {k: v.detach().clone() for k, v in self.net.state_dict().items()}
+        resumed_rng = self.generator.get_state() if p.step else None
+        if resumed_rng is not None:
+            self.generator.set_state(self._epoch_rng)
+        else:
+            self._epoch_rng = self.generator.get_state()
+        order = torch.randperm(len(self.images), generator=self.generator, device=device)
+        if resumed_rng is not None:
+            self.generator.set_state(resumed_rng)
+        total = torch.tensor(p.epoch_loss_sum, device=device)
+        params = [q for group in self.optimizer.param_groups for q in group["params"]]
+        while p.step < self.steps_per_epoch:
+            step = p.step
+            for group in self.optimizer.param_groups:
+                group["lr"] = learning_rate(
+                    stage, p.epoch * self.steps_per_epoch + step, self.steps_per_epoch
+                )
+            batch = self.images[order[step * B : (step + 1) * B]]
+            views = torch.cat(
+                [augment(batch, cfg.image_size, self.generator, cfg.augment) for _ in range(2)]
+            )
+            z = self.net(views)
+            loss = info_nce(z[:B], z[B:], cfg.metric, cfg.temperature)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip is not None:
+                torch.nn.utils.clip_grad_value_(params, cfg.grad_clip)
+            self.optimizer.step()
+            total += loss.detach()
+            p.step += 1
+            bar.update(1)
+            if not self._estimate_logged and p.step == min(5, self.steps_per_epoch):
+                self._log_estimate(bar)
+            if self.stop_requested or time.monotonic() - self._last_save > self.checkpoint_interval:
+                p.epoch_loss_sum = float(total)
+                self.save_checkpoint()
+                if self.stop_requested:
+                    raise Interrupted(f"stopped in stage {index + 1}, epoch {p.epoch + 1}")
+        mean = float(total) / self.steps_per_epoch
+        if not math.isfinite(mean):
+            self.net.load_state_dict(good_state)
+            p.step, p.epoch_loss_sum = 0, 0.0
+            raise DivergedError(
+                f"the loss became {mean} in stage {index + 1}, epoch {p.epoch + 1}; "
+                f"training stopped and the weights from the end of the previous epoch are kept. "
+                f"Try a lower learning_rate or gradient clipping (grad_clip)."
+            )
+        return mean
+
+    def _log_estimate(self, bar: tqdm) -> None:
+        """After the first steps, say how long the whole fit will take (and if that is long)."""
+        self._estimate_logged = True
+        per_step = bar.format_dict["elapsed"] / max(1, bar.n)
+        # Readout-only steps still run the forward pass but little of the backward pass.
+        steps = sum(
+            (0.4 if s.readout_only else 1.0) * s.epochs * self.steps_per_epoch
+            for s in self.config.stages
+        )
+        estimate = per_step * steps
+        _report(
+            f"picmap: estimated training time {_format_duration(estimate)}", self.config.verbose
+        )
+        if self.images.device.type == "cpu" and estimate > _SLOW_FIT_SECONDS:
+            _report(
+                "picmap: that is long for a CPU. Faster options: backbone='small', fewer "
+                "total_epochs, or a GPU (device='cuda').",
+                self.config.verbose,
+            )
+
+    # -- checkpoints ---------------------------------------------------------------------------
+
+    def save_checkpoint(self) -> None:
+        """Write model, optimizer, random state and progress to one file, atomically."""
+        self._last_save = time.monotonic()
+        if self.checkpoint_dir is None:
+            return
+        tensors = {f"model.{k}": v.detach().contiguous() for k, v in self.net.state_dict().items()}
+        if self.optimizer is not None:
+            for i, param in enumerate(self.optimizer.param_groups[0]["params"]):
+                buf = self.optimizer.state.get(param, {}).get("momentum_buffer")
+                if buf is not None:
+                    tensors[f"optim.{i}"] = buf.contiguous()
+        tensors["rng"] = self.generator.get_state()
+        tensors["epoch_rng"] = self._epoch_rng
+        meta = {"progress": json.dumps(asdict(self.progress)), "readout": str(self.net.out_dim)}
+        with atomic_path(self.checkpoint_dir / CHECKPOINT_FILE) as tmp:
+            save_file({k: v.cpu() for k, v in tensors.items()}, str(tmp), metadata=meta)
+
+    def resume(self) -> bool:
+        """Load the checkpoint in ``checkpoint_dir`` if there is one; True when resumed."""
+        path = self.checkpoint_dir / CHECKPOINT_FILE if self.checkpoint_dir else None
+        if path is None or not path.exists():
+            return False
+        tensors, meta = _read_checkpoint(path)
+        progress = Progress(**json.loads(meta["progress"]))
+        if len(progress.losses) != len(self.config.stages):
+            raise ValueError(
+                f"{path} was written for {len(progress.losses)} stages, not "
+                f"{len(self.config.stages)}; resume with the same total_epochs or start afresh"
+            )
+        if int(meta["readout"]) != self.net.out_dim:
+            self.net.replace_readout(int(meta["readout"]))
+        model_state = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
+        self.net.load_state_dict(model_state)
+        self.progress = progress
+        if progress.stage < len(self.config.stages):
+            self.optimizer = self._make_optimizer(self.config.stages[progress.stage])
+            for i, param in enumerate(self.optimizer.param_groups[0]["params"]):
+                if f"optim.{i}" in tensors:
+                    buf = tensors[f"optim.{i}"].to(self.images.device)
+                    self.optimizer.state[param]["momentum_buffer"] = buf
+        self.generator.set_state(tensors["rng"])
+        self._epoch_rng = tensors["epoch_rng"]
+        return True
+
+
+def _read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+        tensors = load_file(str(path))
+    except Exception as err:  # safetensors raises its own error types for a damaged file
+        raise ValueError(
+            f"{path} is not a readable checkpoint ({err}); delete it to start afresh"
+        ) from None
+    if {"progress", "readout"} - set(meta) or {"rng", "epoch_rng"} - set(tensors):
+        raise ValueError(f"{path} is not a picmap checkpoint; delete it to start afresh")
+    return tensors, meta

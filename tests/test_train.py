@@ -1,0 +1,136 @@
+import math
+
+import pytest
+import torch
+
+from picmap.model import EmbeddingNet, make_backbone
+from picmap.train import DivergedError, Interrupted, Stage, TrainConfig, Trainer, learning_rate
+
+
+def _net(out_dim=128):
+    backbone, dim = make_backbone("small", 1)
+    return EmbeddingNet(backbone, dim, 32, out_dim)
+
+
+def _images(n=32, size=8):
+    return (torch.rand(n, 1, size, size, generator=torch.Generator().manual_seed(0)) * 255).to(
+        torch.uint8
+    )
+
+
+def _config(stages, batch_size=16, **kw):
+    return TrainConfig(stages=stages, batch_size=batch_size, image_size=8, verbose=False, **kw)
+
+
+def test_learning_rate_warmup_then_cosine():
+    stage = Stage(epochs=10, lr=0.1, warmup_epochs=2, out_dim=2, readout_only=False)
+    steps = 5
+    lrs = [learning_rate(stage, s, steps) for s in range(10 * steps)]
+    assert lrs[0] == pytest.approx(0.1 / 10)
+    assert lrs[9] == pytest.approx(0.1)  # end of warm-up
+    assert lrs[10] == pytest.approx(0.1)  # cosine starts at the peak
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:], strict=False))
+    mid = 10 + (40 // 2)
+    assert lrs[mid] == pytest.approx(0.05)
+    assert lrs[-1] < 0.001
+
+
+def test_each_stage_trains_the_right_parameters_and_output_size():
+    net = _net()
+    stages = [
+        Stage(1, 0.05, 0, 128, False),
+        Stage(1, 0.05, 0, 2, True),
+        Stage(1, 0.05, 0, 2, False),
+    ]
+    trainer = Trainer(net, _images(), _config(stages), torch.Generator().manual_seed(0))
+    seen = {}
+
+    def record(t: Trainer) -> None:
+        params = dict(t.net.named_parameters())
+        seen[t.progress.stage] = (
+            {n for n, p in params.items() if p.requires_grad},
+            t.net(torch.rand(3, 1, 8, 8)).shape,
+            {n: p.detach().clone() for n, p in params.items()},
+        )
+
+    before = {n: p.detach().clone() for n, p in net.named_parameters()}
+    trainer.on_epoch_end = record
+    trainer.run()
+    all_names = set(before)
+    assert seen[0][0] == all_names and seen[0][1] == (3, 128)
+    assert seen[1][0] == {"head.readout.weight", "head.readout.bias"} and seen[1][1] == (3, 2)
+    assert seen[2][0] == all_names and seen[2][1] == (3, 2)
+    # Stage 2 changed the readout and nothing else.
+    after1, after2 = seen[0][2], seen[1][2]
+    frozen = [n for n in all_names if not n.startswith("head.readout")]
+    assert all(torch.equal(after1[n], after2[n]) for n in frozen)
+    assert not torch.equal(after1["backbone.0.weight"], before["backbone.0.weight"])
+    assert not torch.equal(after2["backbone.0.weight"], seen[2][2]["backbone.0.weight"])
+
+
+def test_loss_history_has_one_entry_per_epoch():
+    stages = [
+        Stage(3, 0.05, 1, 128, False),
+        Stage(1, 0.05, 0, 2, True),
+        Stage(2, 1e-4, 1, 2, False),
+    ]
+    trainer = Trainer(_net(), _images(), _config(stages), torch.Generator().manual_seed(0))
+    losses = trainer.run()
+    assert [len(x) for x in losses] == [3, 1, 2]
+    assert all(math.isfinite(v) for stage in losses for v in stage)
+
+
+def test_batch_larger_than_data_is_refused():
+    with pytest.raises(ValueError, match="batch_size=64 is larger than the data"):
+        Trainer(_net(), _images(32), _config([Stage(1, 0.1, 0, 2, False)], 64), torch.Generator())
+
+
+def test_nan_loss_stops_and_keeps_last_good_weights():
+    net = _net()
+    stages = [Stage(1, 0.05, 0, 128, False), Stage(2, 1e30, 0, 2, False)]
+    trainer = Trainer(net, _images(), _config(stages, grad_clip=None), torch.Generator())
+    snapshots = []
+    trainer.on_epoch_end = lambda t: snapshots.append(
+        {k: v.clone() for k, v in t.net.state_dict().items()}
+    )
+    with pytest.raises(DivergedError, match=r"stage 2, epoch 1"):
+        trainer.run()
+    kept = net.state_dict()
+    assert all(torch.isfinite(v).all() for v in kept.values() if v.is_floating_point())
+    assert all(
+        torch.equal(kept[k], snapshots[-1][k]) for k in kept if not k.startswith("head.readout")
+    )
+
+
+def test_stop_request_saves_and_resume_continues_exactly(tmp_path):
+    stages = [
+        Stage(2, 0.05, 1, 128, False),
+        Stage(1, 0.05, 0, 2, True),
+        Stage(2, 1e-4, 1, 2, False),
+    ]
+
+    def make(ckpt):
+        torch.manual_seed(0)
+        return Trainer(_net(), _images(), _config(stages), torch.Generator().manual_seed(7), ckpt)
+
+    straight = make(None)
+    straight.run()
+
+    first = make(tmp_path)
+
+    def stop_soon(t):
+        if t.progress.stage == 2:
+            t.stop_requested = True
+
+    first.on_epoch_end = stop_soon
+    with pytest.raises(Interrupted):
+        first.run()
+    second = make(tmp_path)
+    assert second.resume()
+    p = second.progress
+    assert (p.stage, p.epoch, p.step) == (2, 1, 1)  # mid-epoch: one step into stage 3's epoch 2
+    losses = second.run()
+    flat = [v for stage in losses for v in stage]
+    assert flat == pytest.approx([v for stage in straight.progress.losses for v in stage])
+    probe = torch.rand(4, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    assert torch.allclose(straight.net.eval()(probe), second.net.eval()(probe), atol=1e-5)
