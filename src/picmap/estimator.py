@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import json
 import math
 import random
-from collections.abc import Sequence
+import signal
+import threading
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -159,7 +163,8 @@ class TSimCNE(BaseEstimator):
             checkpoint_dir=self.checkpoint_dir,
         )
         trainer.resume()
-        self.loss_history_ = trainer.run()
+        with _stop_on_sigint(trainer):
+            self.loss_history_ = trainer.run()
         self._keep_data_info(store)
         self.embedding_ = self._embed(store)
         return self
@@ -195,7 +200,8 @@ class TSimCNE(BaseEstimator):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed_)
             if isinstance(self.backbone, nn.Module):
-                backbone, feature_dim = self.backbone, int(self.feature_dim)
+                # A copy: fitting never changes the module the user passed in.
+                backbone, feature_dim = copy.deepcopy(self.backbone), int(self.feature_dim)
             else:
                 backbone, feature_dim = make_backbone(self.backbone, channels)
             net = EmbeddingNet(backbone, feature_dim, self.hidden_dim, _PRETRAIN_DIM)
@@ -359,6 +365,24 @@ def _check_weights_match(weights: Path, model: TSimCNE) -> None:
             f"{weights} does not match its {CONFIG_FILE} (tensors differ: {wrong[:5]}); "
             "the files were changed or come from different models"
         )
+
+
+@contextlib.contextmanager
+def _stop_on_sigint(trainer: Trainer) -> Iterator[None]:
+    """With a checkpoint folder, Ctrl-C asks the trainer to save and stop (a second one kills)."""
+    if trainer.checkpoint_dir is None or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def request_stop(signum, frame) -> None:
+        trainer.stop_requested = True
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    previous = signal.signal(signal.SIGINT, request_stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _match_channels(images: torch.Tensor, channels: int) -> torch.Tensor:

@@ -174,7 +174,7 @@ class Trainer:
     def _run_stage(self, index: int) -> None:
         stage = self.config.stages[index]
         if self.net.out_dim != stage.out_dim:
-            self.net.replace_readout(stage.out_dim)
+            self._new_readout(stage.out_dim)
         if self.optimizer is None:
             self.optimizer = self._make_optimizer(stage)
         self.net.train()
@@ -205,6 +205,13 @@ class Trainer:
                 )
                 if self.on_epoch_end:
                     self.on_epoch_end(self)
+
+    def _new_readout(self, out_dim: int) -> None:
+        """Replace the readout, initialised from the trainer's seeded generator."""
+        seed = torch.randint(2**31, (1,), generator=self.generator, device=self.generator.device)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(seed))
+            self.net.replace_readout(out_dim)
 
     def _run_epoch(self, index: int, stage: Stage, bar: tqdm) -> float:
         cfg, B, p = self.config, self.config.batch_size, self.progress
