@@ -356,8 +356,9 @@ def explore(run_dir: str, serve: bool, port: int) -> None:
 def list_datasets() -> None:
     """List the named datasets and whether they are available offline."""
     for info in datasets.available():
-        state = "available" if info["available"] else "not available"
-        click.echo(f"{info['name']:15s} {state:14s} {info['description']}")
+        state = "offline" if info["offline"] else "download"
+        click.echo(f"{info['name']:14s} {state:9s} {info['description']}")
+        click.echo(f"{'':24s} {info['location']}")
 
 
 if __name__ == "__main__":
