@@ -35,7 +35,9 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
 
 
 @contextmanager
-def atomic_write(path: str | os.PathLike[str], mode: str = "wb", **open_kwargs: Any) -> Iterator[IO]:
+def atomic_write(
+    path: str | os.PathLike[str], mode: str = "wb", **open_kwargs: Any
+) -> Iterator[IO]:
     """Open a temporary file next to ``path`` for writing; on success move it onto ``path``.
 
     ``mode`` is ``"wb"`` or ``"w"``; ``open_kwargs`` go to :func:`open` (e.g. ``encoding``).

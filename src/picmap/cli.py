@@ -7,6 +7,7 @@ import json
 import logging
 import sys
 import time
+import warnings
 import webbrowser
 from pathlib import Path
 
@@ -89,6 +90,20 @@ def _default_batch(n: int) -> int:
     while batch > 2 and batch * 4 > n:
         batch //= 2
     return batch
+
+
+@contextlib.contextmanager
+def _warnings_as_messages():
+    """Show Python warnings (e.g. skipped files) as one ``picmap: warning:`` line each."""
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        click.echo(f"picmap: warning: {message}", err=True)
+        logging.getLogger("picmap").warning("%s", message)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.showwarning = show
+        yield
 
 
 def _start_log(out: Path) -> logging.Handler:
@@ -181,7 +196,8 @@ def fit(source: str, out: str, resume: bool, quiet: bool, **options) -> None:
         settings = {"source": source, **options}
     handler = _start_log(out_dir)
     try:
-        _fit(out_dir, settings, verbose=not quiet)
+        with _warnings_as_messages():
+            _fit(out_dir, settings, verbose=not quiet)
     except Interrupted:
         click.echo(
             f"\npicmap: stopped; checkpoint saved. Continue with: "
@@ -290,7 +306,8 @@ def transform(run_dir: str, source: str, out: str, quiet: bool) -> None:
         raise CliError(f"--out {out!r} must end in .csv or .npy")
     try:
         model = TSimCNE.load(run_dir)
-        store = _load_source(source, None, "all", False, not quiet)
+        with _warnings_as_messages():
+            store = _load_source(source, None, "all", False, not quiet)
         Y = model.transform(store)
     except (ValueError, TypeError, OSError) as err:
         raise CliError(str(err)) from None
