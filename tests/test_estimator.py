@@ -19,7 +19,12 @@ def digits():
 
 def _quick(**kw):
     params = dict(
-        backbone="small", total_epochs=[1, 1, 1], batch_size=64, hidden_dim=64, seed=0, verbose=False
+        backbone="small",
+        total_epochs=[1, 1, 1],
+        batch_size=64,
+        hidden_dim=64,
+        seed=0,
+        verbose=False,
     )
     params.update(kw)
     return TSimCNE(**params)

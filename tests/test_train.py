@@ -1,3 +1,4 @@
+import itertools
 import math
 
 import pytest
@@ -29,7 +30,7 @@ def test_learning_rate_warmup_then_cosine():
     assert lrs[0] == pytest.approx(0.1 / 10)
     assert lrs[9] == pytest.approx(0.1)  # end of warm-up
     assert lrs[10] == pytest.approx(0.1)  # cosine starts at the peak
-    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:], strict=False))
+    assert all(a >= b for a, b in itertools.pairwise(lrs[10:]))
     mid = 10 + (40 // 2)
     assert lrs[mid] == pytest.approx(0.05)
     assert lrs[-1] < 0.001
