@@ -242,15 +242,24 @@ class TSimCNE(BaseEstimator):
 
     def transform(self, X) -> np.ndarray:
         """Place images on the fitted map (no augmentation): ``N×out_dim`` float32."""
+        return self._embed(self._fitted_store(X))
+
+    def features(self, X) -> np.ndarray:
+        """The backbone's high-dimensional features of ``X`` (what the map is built from)."""
+        return self._embed(self._fitted_store(X), self.model_.backbone)
+
+    def _fitted_store(self, X) -> ImageStore:
         if not hasattr(self, "model_"):
             raise NotFittedError(
                 "this TSimCNE is not fitted yet: call fit(X) (or load a saved one)"
             )
-        store = to_store(X, image_size=self.image_size_, verbose=self.verbose)
-        return self._embed(store)
+        return to_store(X, image_size=self.image_size_, verbose=self.verbose)
 
     @torch.no_grad()
-    def _embed(self, store: ImageStore, batch_size: int = 1024) -> np.ndarray:
+    def _embed(
+        self, store: ImageStore, network: nn.Module | None = None, batch_size: int = 1024
+    ) -> np.ndarray:
+        network = network or self.model_
         images = _match_channels(store.images, self.channels_)
         self.model_.eval()
         out = []
@@ -261,7 +270,7 @@ class TSimCNE(BaseEstimator):
             disable=not self.verbose or len(images) <= 10 * batch_size,
         ):
             batch = images[start : start + batch_size].to(self.device_).float() / 255
-            out.append(self.model_(batch).float().cpu())
+            out.append(network(batch).float().cpu())
         return torch.cat(out).numpy()
 
     # -- saving --------------------------------------------------------------------------------
