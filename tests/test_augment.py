@@ -133,3 +133,12 @@ def test_jitter_order_is_random_per_sample():
     out = aug.color_jitter(x, cfg, gen)
     means = out.mean(dim=(1, 2, 3))
     assert math.isfinite(means.std().item()) and means.std().item() > 0.01
+
+
+def test_jitter_implementations_agree():
+    x = _images(64)
+    cfg = aug.AugmentConfig()
+    selected = aug.color_jitter(x, cfg, torch.Generator().manual_seed(6), select=True)
+    masked = aug.color_jitter(x, cfg, torch.Generator().manual_seed(6), select=False)
+    assert torch.allclose(selected, masked, atol=1e-6)
+    assert not torch.allclose(selected, x)

