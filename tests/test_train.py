@@ -5,7 +5,15 @@ import pytest
 import torch
 
 from picmap.model import EmbeddingNet, make_backbone
-from picmap.train import DivergedError, Interrupted, Stage, TrainConfig, Trainer, learning_rate
+from picmap.train import (
+    DivergedError,
+    Interrupted,
+    Stage,
+    TrainConfig,
+    Trainer,
+    largest_batch_size,
+    learning_rate,
+)
 
 
 def _net(out_dim=128):
@@ -135,3 +143,15 @@ def test_stop_request_saves_and_resume_continues_exactly(tmp_path):
     assert flat == pytest.approx([v for stage in straight.progress.losses for v in stage])
     probe = torch.rand(4, 1, 8, 8, generator=torch.Generator().manual_seed(1))
     assert torch.allclose(straight.net.eval()(probe), second.net.eval()(probe), atol=1e-5)
+
+
+def test_largest_batch_size_halves_until_the_step_fits():
+    tried = []
+
+    def step(batch: int) -> None:
+        tried.append(batch)
+        if batch > 300:
+            raise torch.OutOfMemoryError("CUDA out of memory")
+
+    assert largest_batch_size(step, 2048) == 256
+    assert tried == [2048, 1024, 512, 256]

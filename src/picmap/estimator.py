@@ -6,6 +6,7 @@ import contextlib
 import copy
 import json
 import math
+import numbers
 import random
 import signal
 import threading
@@ -14,26 +15,26 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from sklearn.base import BaseEstimator
 from sklearn.exceptions import NotFittedError
 from torch import nn
 from tqdm.auto import tqdm
 
-from ._io import atomic_path, write_text_atomic
+from ._io import atomic_path, read_safetensors, write_text_atomic
 from .augment import grayscale
 from .data.sources import to_store
 from .data.store import ImageStore
 from .loss import METRICS
-from .model import BACKBONES, EmbeddingNet, make_backbone
-from .train import Stage, TrainConfig, Trainer, warmup_epochs_for
+from .model import BACKBONES, EmbeddingNet, make_backbone, state_mismatch
+from .train import Stage, TrainConfig, Trainer, largest_batch_size, warmup_epochs_for
 
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 FORMAT_VERSION = 1
 _PRETRAIN_DIM = 128
 _FINETUNE_LR_RATIO = 1e-3
+_MAX_AUTO_BATCH = 8192
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -76,8 +77,10 @@ class TSimCNE(BaseEstimator):
     total_epochs : three ints
         Epochs of stages 1, 2 and 3. The paper uses ``[1000, 50, 450]``; fewer still give a
         useful map, more give a cleaner one.
-    batch_size : int
-        Images per step (each gives two views). Larger batches give more negatives.
+    batch_size : int or "auto"
+        Images per step (each gives two views). Larger batches give more negatives. "auto":
+        on CUDA the largest power of two whose training step fits in GPU memory (at most
+        8192 and the data size), else 512.
     learning_rate : float or "auto"
         Stage-1 and stage-2 learning rate; "auto" is ``0.03 × batch_size / 256``.
     warmup_epochs : int
@@ -93,7 +96,14 @@ class TSimCNE(BaseEstimator):
     verbose : bool
         Progress bars and the time estimate on standard error.
     checkpoint_dir : path, optional
-        Where a checkpoint is written after every epoch; a fit finds it there and resumes.
+        Where training writes a checkpoint (every ``checkpoint_interval`` seconds, at the end
+        of each stage and on Ctrl-C); a fit finds it there and resumes exactly where it stopped.
+    checkpoint_interval : float
+        Seconds between checkpoints: a crash loses at most this much training.
+    mixed_precision : bool
+        On CUDA, run the network in bfloat16 autocast (the loss stays in float32).
+    compile_network : bool
+        Run the network through ``torch.compile``.
     """
 
     def __init__(
@@ -106,7 +116,7 @@ class TSimCNE(BaseEstimator):
         metric: str = "cauchy",
         temperature: float = 0.5,
         total_epochs: Sequence[int] = (1000, 50, 450),
-        batch_size: int = 512,
+        batch_size: int | str = 512,
         learning_rate: float | str = "auto",
         warmup_epochs: int = 10,
         momentum: float = 0.9,
@@ -117,6 +127,9 @@ class TSimCNE(BaseEstimator):
         seed: int | None = None,
         verbose: bool = True,
         checkpoint_dir: str | Path | None = None,
+        checkpoint_interval: float = 60.0,
+        mixed_precision: bool = True,
+        compile_network: bool = False,
     ) -> None:
         self.backbone = backbone
         self.feature_dim = feature_dim
@@ -136,6 +149,9 @@ class TSimCNE(BaseEstimator):
         self.seed = seed
         self.verbose = verbose
         self.checkpoint_dir = checkpoint_dir
+        self.checkpoint_interval = checkpoint_interval
+        self.mixed_precision = mixed_precision
+        self.compile_network = compile_network
 
     # -- fitting -------------------------------------------------------------------------------
 
@@ -154,13 +170,16 @@ class TSimCNE(BaseEstimator):
         self.seed_ = self.seed if self.seed is not None else random.randrange(2**31)
         self.image_size_, self.channels_ = store.image_size, store.channels
         self.model_ = self._build_net(store.channels, self.device_)
+        self.batch_size_ = self._choose_batch_size(len(store))
         generator = torch.Generator(self.device_).manual_seed(self.seed_)
         trainer = Trainer(
             self.model_,
-            store.images.to(self.device_),
+            _place_images(store.images, self.device_),
             self._train_config(),
             generator,
             checkpoint_dir=self.checkpoint_dir,
+            checkpoint_interval=self.checkpoint_interval,
+            device=self.device_,
         )
         trainer.resume()
         with _stop_on_sigint(trainer):
@@ -190,11 +209,15 @@ class TSimCNE(BaseEstimator):
             )
         if not isinstance(self.out_dim, int) or self.out_dim < 1:
             raise ValueError(f"out_dim={self.out_dim!r} must be a positive int (2 for a map)")
-        if not isinstance(self.batch_size, int) or self.batch_size < 2:
-            raise ValueError(f"batch_size={self.batch_size!r} must be an int ≥ 2")
+        if self.batch_size != "auto" and (
+            not isinstance(self.batch_size, int) or self.batch_size < 2
+        ):
+            raise ValueError(f"batch_size={self.batch_size!r} must be an int ≥ 2 or 'auto'")
         lr = self.learning_rate
         if lr != "auto" and not (isinstance(lr, int | float) and lr > 0 and math.isfinite(lr)):
             raise ValueError(f"learning_rate={lr!r} must be a positive number or 'auto'")
+        for name, whole, positive, optional in _NUMERIC_PARAMS:
+            _check_number(name, getattr(self, name), whole, positive, optional)
 
     def _build_net(self, channels: int, device: torch.device) -> EmbeddingNet:
         with torch.random.fork_rng(devices=[]):
@@ -208,7 +231,8 @@ class TSimCNE(BaseEstimator):
         return net.to(device)
 
     def _train_config(self) -> TrainConfig:
-        lr = 0.03 * self.batch_size / 256 if self.learning_rate == "auto" else self.learning_rate
+        batch = self.batch_size_
+        lr = 0.03 * batch / 256 if self.learning_rate == "auto" else self.learning_rate
         e1, e2, e3 = self.total_epochs
         stages = [
             Stage(e1, lr, warmup_epochs_for(e1, self.warmup_epochs), _PRETRAIN_DIM, False),
@@ -223,15 +247,35 @@ class TSimCNE(BaseEstimator):
         ]
         return TrainConfig(
             stages=stages,
-            batch_size=self.batch_size,
+            batch_size=batch,
             image_size=self.image_size_,
             metric=self.metric,
             temperature=self.temperature,
             momentum=self.momentum,
             weight_decay=self.weight_decay,
             grad_clip=self.grad_clip,
+            mixed_precision=self.mixed_precision,
+            compile=self.compile_network,
             verbose=self.verbose,
         )
+
+    def _choose_batch_size(self, n_images: int) -> int:
+        """The batch size asked for, or with "auto" the largest that fits (CUDA) or 512."""
+        if self.batch_size != "auto":
+            return self.batch_size
+        cap = min(_MAX_AUTO_BATCH, 2 ** int(math.log2(n_images)))
+        if self.device_.type != "cuda":
+            return min(512, cap)
+        probe = self._build_net(self.channels_, self.device_)
+        size = self.image_size_
+
+        def one_step(batch: int) -> None:
+            views = torch.rand(2 * batch, self.channels_, size, size, device=self.device_)
+            with torch.autocast("cuda", torch.bfloat16, enabled=self.mixed_precision):
+                probe(views).float().square().mean().backward()
+            probe.zero_grad(set_to_none=True)
+
+        return largest_batch_size(one_step, cap)
 
     def _keep_data_info(self, store: ImageStore) -> None:
         self.labels_ = store.labels
@@ -306,21 +350,52 @@ class TSimCNE(BaseEstimator):
         folder = Path(path)
         config = _read_config(folder)
         params = config["params"]
-        if params["backbone"] == "custom":
+        if params.get("backbone") == "custom":
             if backbone is None:
                 raise ValueError(f"{path} was fitted with a custom backbone: pass backbone=")
             params["backbone"] = backbone
         params.update(device=device, verbose=False)
         model = cls(**params)
+        try:
+            model._check_params()
+        except ValueError as err:
+            raise ValueError(f"{folder / CONFIG_FILE}: {err}; re-save the model") from None
         model.device_ = resolve_device(device)
         model.seed_ = config["seed"]
         model.image_size_, model.channels_ = config["image_size"], config["channels"]
         model.class_names_ = config["class_names"]
-        _check_weights_match(folder / MODEL_FILE, model)
+        weights, _ = read_safetensors(folder / MODEL_FILE, "re-save the model")
+        _check_weights_match(folder / MODEL_FILE, weights, model)
         model.model_ = model._build_net(model.channels_, model.device_)
         model.model_.replace_readout(model.out_dim)
-        model.model_.load_state_dict(load_file(str(folder / MODEL_FILE), device=str(model.device_)))
+        model.model_.load_state_dict(weights)
         return model
+
+
+# Further numeric parameters: (name, whole number?, > 0 (else ≥ 0)?, None allowed?)
+_NUMERIC_PARAMS = (
+    ("feature_dim", True, True, True),
+    ("hidden_dim", True, True, False),
+    ("warmup_epochs", True, False, False),
+    ("temperature", False, True, False),
+    ("momentum", False, False, False),
+    ("weight_decay", False, False, False),
+    ("grad_clip", False, True, True),
+    ("image_size", True, True, True),
+    ("seed", True, False, True),
+    ("checkpoint_interval", False, False, False),
+)
+
+
+def _check_number(name: str, value: object, whole: bool, positive: bool, optional: bool) -> None:
+    """Refuse a parameter that is not a finite number of the right kind and sign."""
+    if optional and value is None:
+        return
+    kind = numbers.Integral if whole else numbers.Real
+    valid = isinstance(value, kind) and not isinstance(value, bool) and math.isfinite(value)
+    if not valid or value < 0 or (positive and value == 0):
+        what = ("a positive " if positive else "a non-negative ") + ("int" if whole else "number")
+        raise ValueError(f"{name}={value!r} must be {what}{' or None' if optional else ''}")
 
 
 def _read_config(folder: Path) -> dict:
@@ -348,30 +423,28 @@ def _read_config(folder: Path) -> dict:
     for key in ("image_size", "channels"):
         if not isinstance(config[key], int) or not 0 < config[key] <= 4096:
             raise ValueError(f"{path}: {key}={config[key]!r} is not a plausible value")
+    if not isinstance(config["seed"], int) or isinstance(config["seed"], bool):
+        raise ValueError(f"{path}: seed={config['seed']!r} is not an int")
+    names = config["class_names"]
+    listed = isinstance(names, list) and all(isinstance(name, str) for name in names)
+    if names is not None and not listed:
+        raise ValueError(f"{path}: class_names must be a list of strings or null")
     return config
 
 
-def _check_weights_match(weights: Path, model: TSimCNE) -> None:
-    """Compare the tensor shapes in the file with the network the config describes.
+def _check_weights_match(path: Path, weights: dict[str, torch.Tensor], model: TSimCNE) -> None:
+    """Compare the tensors read from ``path`` with the network the config describes.
 
-    The network is first built on the "meta" device (no memory), so a config with absurd sizes
-    is refused before anything large is allocated.
+    The network is built on the "meta" device (no memory), so a config with absurd sizes is
+    refused before anything large is allocated.
     """
     with torch.device("meta"):
         net = model._build_net(model.channels_, torch.device("meta"))
         net.replace_readout(model.out_dim)
-    expected = {k: tuple(v.shape) for k, v in net.state_dict().items()}
-    try:
-        with safe_open(str(weights), "pt") as f:
-            found = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118
-    except Exception as err:  # safetensors raises its own error types for a damaged file
-        raise ValueError(f"{weights} is not a readable safetensors file ({err})") from None
-    if found != expected:
-        wrong = sorted(
-            set(found) ^ set(expected) | {k for k in found if found[k] != expected.get(k)}
-        )
+    wrong = state_mismatch(net, weights)
+    if wrong:
         raise ValueError(
-            f"{weights} does not match its {CONFIG_FILE} (tensors differ: {wrong[:5]}); "
+            f"{path} does not match its {CONFIG_FILE} (tensors differ: {wrong[:5]}); "
             "the files were changed or come from different models"
         )
 
@@ -392,6 +465,18 @@ def _stop_on_sigint(trainer: Trainer) -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+def _place_images(images: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """The images on ``device`` when they take at most half its free memory, else on the host.
+
+    Data left on the host is streamed to the device batch by batch (see DeviceBatches).
+    """
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        if images.nbytes > free // 2:
+            return images.pin_memory()
+    return images.to(device)
 
 
 def _match_channels(images: torch.Tensor, channels: int) -> torch.Tensor:

@@ -16,15 +16,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 from tqdm.auto import tqdm
 
-from ._io import atomic_path
+from ._io import atomic_path, read_safetensors
 from .augment import AugmentConfig, augment
+from .data.batches import DeviceBatches
 from .loss import info_nce
-from .model import EmbeddingNet
+from .model import EmbeddingNet, state_mismatch
 
 logger = logging.getLogger("picmap")
 
@@ -64,6 +64,8 @@ class TrainConfig:
     channels_last: bool = True
     # bfloat16 autocast on CUDA; the loss is always computed in float32.
     mixed_precision: bool = True
+    # torch.compile the network (CUDA: fewer kernel launches; off by default on the CPU).
+    compile: bool = False
     verbose: bool = True
 
 
@@ -95,6 +97,21 @@ def learning_rate(stage: Stage, step: int, steps_per_epoch: int) -> float:
         return stage.lr * (step + 1) / warmup_steps
     progress = (step - warmup_steps) / max(1, total - warmup_steps)
     return stage.lr * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def largest_batch_size(try_step: Callable[[int], None], start: int) -> int:
+    """The largest of ``start, start/2, …, 2`` for which ``try_step`` runs out of no GPU memory."""
+    batch = start
+    while batch > 2:
+        try:
+            try_step(batch)
+            return batch
+        except torch.OutOfMemoryError:
+            batch //= 2
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+    try_step(batch)
+    return batch
 
 
 def _report(message: str, verbose: bool) -> None:
@@ -134,6 +151,7 @@ class Trainer:
         generator: torch.Generator,
         checkpoint_dir: str | Path | None = None,
         checkpoint_interval: float = 60.0,
+        device: torch.device | str | None = None,
     ) -> None:
         if config.batch_size > len(images):
             raise ValueError(
@@ -142,7 +160,10 @@ class Trainer:
             )
         self.net = net.to(memory_format=torch.channels_last) if config.channels_last else net
         self.images = images
-        self._autocast = config.mixed_precision and images.device.type == "cuda"
+        self.device = torch.device(device) if device is not None else images.device
+        self.batches = DeviceBatches(images, self.device, config.batch_size)
+        self._autocast = config.mixed_precision and self.device.type == "cuda"
+        self._forward = torch.compile(self.net) if config.compile else self.net
         self.config = config
         self.generator = generator
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else None
@@ -157,7 +178,7 @@ class Trainer:
 
     @property
     def steps_per_epoch(self) -> int:
-        return len(self.images) // self.config.batch_size
+        return len(self.batches)
 
     def run(self) -> list[list[float]]:
         """Train every remaining step of every stage; returns the loss per epoch per stage."""
@@ -176,6 +197,7 @@ class Trainer:
             lr=stage.lr,
             momentum=self.config.momentum,
             weight_decay=self.config.weight_decay,
+            fused=self.device.type == "cuda",
         )
 
     def _run_stage(self, index: int) -> None:
@@ -222,32 +244,32 @@ class Trainer:
 
     def _run_epoch(self, index: int, stage: Stage, bar: tqdm) -> float:
         cfg, B, p = self.config, self.config.batch_size, self.progress
-        device = self.images.device
+        device = self.device
         good_state = {k: v.detach().clone() for k, v in self.net.state_dict().items()}
         resumed_rng = self.generator.get_state() if p.step else None
         if resumed_rng is not None:
             self.generator.set_state(self._epoch_rng)
         else:
             self._epoch_rng = self.generator.get_state()
-        order = torch.randperm(len(self.images), generator=self.generator, device=device)
+        order = torch.randperm(
+            len(self.images), generator=self.generator, device=self.generator.device
+        )
         if resumed_rng is not None:
             self.generator.set_state(resumed_rng)
         total = torch.tensor(p.epoch_loss_sum, device=device)
         params = [q for group in self.optimizer.param_groups for q in group["params"]]
-        while p.step < self.steps_per_epoch:
-            step = p.step
+        for batch in self.batches.epoch(order, p.step):
             for group in self.optimizer.param_groups:
                 group["lr"] = learning_rate(
-                    stage, p.epoch * self.steps_per_epoch + step, self.steps_per_epoch
+                    stage, p.epoch * self.steps_per_epoch + p.step, self.steps_per_epoch
                 )
-            batch = self.images[order[step * B : (step + 1) * B]]
             views = torch.cat(
                 [augment(batch, cfg.image_size, self.generator, cfg.augment) for _ in range(2)]
             )
             if cfg.channels_last:
                 views = views.contiguous(memory_format=torch.channels_last)
             with torch.autocast(device.type, torch.bfloat16, enabled=self._autocast):
-                z = self.net(views)
+                z = self._forward(views)
             loss = info_nce(z[:B], z[B:], cfg.metric, cfg.temperature)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -261,19 +283,32 @@ class Trainer:
                 self._log_estimate(bar)
             if self.stop_requested or time.monotonic() - self._last_save > self.checkpoint_interval:
                 p.epoch_loss_sum = float(total)
+                self._check_finite(index, p.epoch_loss_sum, good_state)
                 self.save_checkpoint()
                 if self.stop_requested:
                     raise Interrupted(f"stopped in stage {index + 1}, epoch {p.epoch + 1}")
         mean = float(total) / self.steps_per_epoch
-        if not math.isfinite(mean):
-            self.net.load_state_dict(good_state)
-            p.step, p.epoch_loss_sum = 0, 0.0
-            raise DivergedError(
-                f"the loss became {mean} in stage {index + 1}, epoch {p.epoch + 1}; "
-                f"training stopped and the weights from the end of the previous epoch are kept. "
-                f"Try a lower learning_rate or gradient clipping (grad_clip)."
-            )
+        self._check_finite(index, mean, good_state)
         return mean
+
+    def _check_finite(self, index: int, loss: float, good_state: dict[str, torch.Tensor]) -> None:
+        """Raise DivergedError, restoring ``good_state``, once the loss or a weight is not finite.
+
+        Runs before every checkpoint, so a checkpoint never holds a diverged network.
+        """
+        values = [v for v in self.net.state_dict().values() if v.is_floating_point()]
+        weights_finite = bool(torch.stack([torch.isfinite(v).all() for v in values]).all())
+        if math.isfinite(loss) and weights_finite:
+            return
+        self.net.load_state_dict(good_state)
+        p = self.progress
+        p.step, p.epoch_loss_sum = 0, 0.0
+        what = f"the loss became {loss}" if weights_finite else "the weights became inf or NaN"
+        raise DivergedError(
+            f"training diverged in stage {index + 1}, epoch {p.epoch + 1} ({what}); it stopped "
+            "and kept the last good weights and checkpoint. Try a lower learning rate or "
+            "gradient clipping (grad_clip)."
+        )
 
     def _log_estimate(self, bar: tqdm) -> None:
         """After the first steps, say how long the whole fit will take (and if that is long)."""
@@ -288,7 +323,7 @@ class Trainer:
         _report(
             f"picmap: estimated training time {_format_duration(estimate)}", self.config.verbose
         )
-        if self.images.device.type == "cpu" and estimate > _SLOW_FIT_SECONDS:
+        if self.device.type == "cpu" and estimate > _SLOW_FIT_SECONDS:
             _report(
                 "picmap: that is long for a CPU. Faster options: backbone='small', fewer "
                 "total_epochs, or a GPU (device='cuda').",
@@ -315,42 +350,104 @@ class Trainer:
             save_file({k: v.cpu() for k, v in tensors.items()}, str(tmp), metadata=meta)
 
     def resume(self) -> bool:
-        """Load the checkpoint in ``checkpoint_dir`` if there is one; True when resumed."""
+        """Load the checkpoint in ``checkpoint_dir`` if there is one; True when resumed.
+
+        Every part of the file is checked against this trainer's network, schedule and data
+        before anything is loaded; a damaged or foreign checkpoint raises ``ValueError``.
+        """
         path = self.checkpoint_dir / CHECKPOINT_FILE if self.checkpoint_dir else None
         if path is None or not path.exists():
             return False
-        tensors, meta = _read_checkpoint(path)
-        progress = Progress(**json.loads(meta["progress"]))
-        if len(progress.losses) != len(self.config.stages):
-            raise ValueError(
-                f"{path} was written for {len(progress.losses)} stages, not "
-                f"{len(self.config.stages)}; resume with the same total_epochs or start afresh"
-            )
-        if int(meta["readout"]) != self.net.out_dim:
-            self.net.replace_readout(int(meta["readout"]))
+        tensors, meta = read_safetensors(path, _START_AFRESH)
+        if {"progress", "readout"} - set(meta) or {"rng", "epoch_rng"} - set(tensors):
+            raise ValueError(f"{path} is not a picmap checkpoint; {_START_AFRESH}")
+        progress, readout = self._checked_progress(path, meta)
+        if readout != self.net.out_dim:
+            self.net.replace_readout(readout)
         model_state = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
+        wrong = state_mismatch(self.net, model_state)
+        if wrong:
+            raise _unfit(path, f"its network differs (tensors {wrong[:5]})")
+        optimizer = None
+        if progress.epoch or progress.step:  # mid-stage; at a stage's start, the stage makes it
+            optimizer = self._make_optimizer(self.config.stages[progress.stage])
+        params = optimizer.param_groups[0]["params"] if optimizer else []
+        buffers = {f"optim.{i}": param for i, param in enumerate(params)}
+        for name, value in tensors.items():
+            known = name.startswith("model.") or name in ("rng", "epoch_rng")
+            if not known and (name not in buffers or buffers[name].shape != value.shape):
+                raise _unfit(path, f"its tensor {name!r} is unknown or of the wrong shape")
+        scratch = torch.Generator(self.generator.device)
+        for name in ("epoch_rng", "rng"):
+            try:
+                scratch.set_state(tensors[name])
+            except RuntimeError as err:
+                raise _unfit(path, f"its generator state {name!r} is damaged ({err})") from None
         self.net.load_state_dict(model_state)
-        self.progress = progress
-        if progress.stage < len(self.config.stages):
-            self.optimizer = self._make_optimizer(self.config.stages[progress.stage])
-            for i, param in enumerate(self.optimizer.param_groups[0]["params"]):
-                if f"optim.{i}" in tensors:
-                    buf = tensors[f"optim.{i}"].to(self.images.device)
-                    self.optimizer.state[param]["momentum_buffer"] = buf
+        for name, param in buffers.items():
+            if name in tensors:
+                optimizer.state[param]["momentum_buffer"] = tensors[name].to(param.device)
         self.generator.set_state(tensors["rng"])
-        self._epoch_rng = tensors["epoch_rng"]
+        self.optimizer, self.progress, self._epoch_rng = optimizer, progress, tensors["epoch_rng"]
         return True
 
+    def _checked_progress(self, path: Path, meta: dict[str, str]) -> tuple[Progress, int]:
+        """The position a checkpoint stopped at, refused unless this schedule has it."""
+        stages = self.config.stages
+        try:
+            p = Progress(**json.loads(meta["progress"]))
+            readout = int(meta["readout"])
+        except (ValueError, TypeError) as err:  # also bad JSON, and JSON that is not an object
+            raise _unfit(path, f"its progress record is damaged ({err})") from None
+        well_typed = (
+            all(_is_int(v) for v in (p.stage, p.epoch, p.step))
+            and _is_finite(p.epoch_loss_sum)
+            and isinstance(p.losses, list)
+            and all(isinstance(x, list) and all(map(_is_finite, x)) for x in p.losses)
+        )
+        if not well_typed:
+            raise _unfit(path, "its progress record is damaged")
+        if len(p.losses) != len(stages):
+            raise _unfit(path, f"it was written for {len(p.losses)} stages, not {len(stages)}")
+        here = stages[p.stage].epochs if 0 <= p.stage < len(stages) else 0
+        lengths = [
+            s.epochs if i < p.stage else p.epoch if i == p.stage else 0
+            for i, s in enumerate(stages)
+        ]
+        if (
+            not 0 <= p.stage <= len(stages)
+            or not 0 <= p.epoch <= here
+            or not 0 <= p.step <= (self.steps_per_epoch if p.epoch < here else 0)
+            or [len(x) for x in p.losses] != lengths
+        ):
+            raise _unfit(
+                path,
+                f"it stopped at stage {p.stage + 1}, epoch {p.epoch + 1}, step {p.step}, which "
+                f"this schedule ({[s.epochs for s in stages]} epochs of "
+                f"{self.steps_per_epoch} steps) does not have",
+            )
+        if p.epoch or p.step:  # mid-stage: the stage's own readout
+            allowed = {stages[p.stage].out_dim}
+        else:  # at a stage's start: the previous stage's readout, or the network's first one
+            allowed = {s.out_dim for s in stages} | {self.net.out_dim}
+        if readout not in allowed:
+            raise _unfit(path, f"its readout size {readout} does not fit its stage")
+        return p, readout
 
-def _read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    try:
-        with safe_open(str(path), "pt") as f:
-            meta = f.metadata() or {}
-        tensors = load_file(str(path))
-    except Exception as err:  # safetensors raises its own error types for a damaged file
-        raise ValueError(
-            f"{path} is not a readable checkpoint ({err}); delete it to start afresh"
-        ) from None
-    if {"progress", "readout"} - set(meta) or {"rng", "epoch_rng"} - set(tensors):
-        raise ValueError(f"{path} is not a picmap checkpoint; delete it to start afresh")
-    return tensors, meta
+
+_START_AFRESH = "delete it to start afresh"
+
+
+def _unfit(path: Path, problem: str) -> ValueError:
+    return ValueError(
+        f"{path} does not fit this run: {problem}. Resume with the same settings and data, "
+        f"or {_START_AFRESH}"
+    )
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_finite(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)

@@ -1,0 +1,56 @@
+"""Batches of uint8 images on the training device, from data on the device or on the host."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+
+
+class DeviceBatches:
+    """Serve the batches of an epoch on ``device``.
+
+    When the images already live on ``device`` a batch is one indexing operation. Otherwise
+    (the data does not fit in GPU memory) each batch is gathered on the host into one of two
+    pinned buffers and copied asynchronously, one step ahead, so the copy overlaps the
+    previous step's compute and the GPU does not wait.
+    """
+
+    def __init__(self, images: torch.Tensor, device: torch.device, batch_size: int) -> None:
+        self.images = images
+        self.device = torch.device(device)
+        self.batch_size = batch_size
+        self.streaming = images.device != self.device
+        pin = self.streaming and self.device.type == "cuda"
+        shape = (batch_size, *images.shape[1:])
+        self._buffers = [torch.empty(shape, dtype=torch.uint8, pin_memory=pin) for _ in range(2)]
+        self._copied = [None, None]
+
+    def __len__(self) -> int:
+        return len(self.images) // self.batch_size
+
+    def epoch(self, order: torch.Tensor, start: int = 0) -> Iterator[torch.Tensor]:
+        """Batches ``start, start+1, …`` of the epoch whose image order is ``order``."""
+        if not self.streaming:
+            order = order.to(self.images.device)
+            for step in range(start, len(self)):
+                yield self.images[order[step * self.batch_size : (step + 1) * self.batch_size]]
+            return
+        order = order.cpu()
+        ahead = self._send(order, start) if start < len(self) else None
+        for step in range(start, len(self)):
+            current = ahead
+            ahead = self._send(order, step + 1) if step + 1 < len(self) else None
+            yield current
+
+    def _send(self, order: torch.Tensor, step: int) -> torch.Tensor:
+        slot = step % 2
+        if self._copied[slot] is not None:
+            self._copied[slot].synchronize()  # the buffer's previous copy has finished
+        index = order[step * self.batch_size : (step + 1) * self.batch_size]
+        torch.index_select(self.images, 0, index, out=self._buffers[slot])
+        batch = self._buffers[slot].to(self.device, non_blocking=True)
+        if self.device.type == "cuda":
+            self._copied[slot] = torch.cuda.Event()
+            self._copied[slot].record()
+        return batch
