@@ -22,6 +22,8 @@ CENTRES = np.array([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
 PER_CLASS = 40
 RED = (220, 30, 40)
 TARGET, EVIL = 7, 45  # a "cats" point with a red image; a class-1 point with a hostile name
+EVIL_LIST = "<b onmouseover=alert(1)>odd ones</b>"
+LISTS = {"outliers": [TARGET, 50], EVIL_LIST: [EVIL]}
 ARTIFACTS = Path(__file__).parent / "artifacts"
 
 
@@ -33,7 +35,9 @@ def _dataset() -> dict:
     images[TARGET] = np.array(RED, np.uint8)[:, None, None]
     names = [f"img_{i:03d}.png" for i in range(len(labels))]
     names[EVIL] = EVIL_NAME
-    return dict(Y=Y, labels=labels, class_names=CLASS_NAMES, file_names=names, images=images)
+    return dict(
+        Y=Y, labels=labels, class_names=CLASS_NAMES, file_names=names, images=images, lists=LISTS
+    )
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +59,8 @@ def test_page_is_self_contained_and_escapes_user_strings(page_path):
     assert "\\u003cscript\\u003ewindow.pwned=1\\u003c/script\\u003e" in text
     assert EVIL_NAME not in text
     assert EVIL_CLASS not in text
+    assert EVIL_LIST not in text
+    assert '"name":"\\u003cb onmouseover=alert(1)\\u003eodd ones\\u003c/b\\u003e"' in text
     assert "<title>&lt;b&gt;T&lt;/b&gt;</title>" in text
 
 
@@ -76,6 +82,13 @@ def test_no_file_names_or_images_still_writes(tmp_path):
 def test_rejects_mismatched_file_names(tmp_path):
     with pytest.raises(ValueError, match="file_names has 2 entries"):
         write_explorer(tmp_path / "x.html", np.zeros((3, 2)), file_names=["a", "b"])
+
+
+def test_rejects_lists_that_are_not_point_indices(tmp_path):
+    with pytest.raises(ValueError, match=r"lists\['outliers'\] holds indices outside 0..2"):
+        write_explorer(tmp_path / "x.html", np.zeros((3, 2)), lists={"outliers": [0, 3]})
+    with pytest.raises(TypeError, match="integer point indices"):
+        write_explorer(tmp_path / "x.html", np.zeros((3, 2)), lists={"outliers": [0.5]})
 
 
 # -- in the browser ----------------------------------------------------------------------------
@@ -228,3 +241,29 @@ def test_hostile_names_show_as_text_and_run_nothing(session, data):
     assert session.page.evaluate("window.pwned") is None
     assert session.page.title() == "<b>T</b>"
     session.screenshot("hostile_names")
+
+
+@pytest.mark.browser
+def test_show_filter_highlights_a_list(session, data):
+    page = session.page
+    assert page.locator("#show-box").is_visible()
+    options = page.locator("#show option").all_text_contents()
+    assert options == ["all", "outliers (2)", f"{EVIL_LIST} (1)"]  # the hostile name as text
+    assert page.evaluate("document.querySelectorAll('#show b').length") == 0
+    assert page.evaluate("window.picmap.highlightedCount()") == 0
+
+    page.select_option("#show", label="outliers (2)")
+    assert page.evaluate("window.picmap.highlightedCount()") == 2
+    assert session.hover(data["Y"][TARGET]) == TARGET
+    assert session.text("#tip-lists") == "outliers"
+    session.screenshot("show_filter")
+    page.locator(".legend-item", has_text="cats").click()  # hides TARGET, keeps point 50
+    assert page.evaluate("window.picmap.highlightedCount()") == 1
+    page.fill("#search", "img_050")  # the filter and the search together
+    assert page.evaluate("window.picmap.highlightedCount()") == 1
+    page.fill("#search", "img_051")
+    assert page.evaluate("window.picmap.highlightedCount()") == 0
+
+    page.fill("#search", "")
+    page.select_option("#show", label="all")
+    assert page.evaluate("window.picmap.highlightedCount()") == 0

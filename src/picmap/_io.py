@@ -2,17 +2,29 @@
 
 Everything is first written to a hidden temporary file in the target's folder (so ``os.replace``
 is atomic), synced to disk, then moved onto the target. If writing raises, the temporary file is
-removed and an existing target is left untouched. Missing parent folders are created.
+removed and an existing target is left untouched. Missing parent folders are created. A process
+killed while writing leaves at most a hidden ``.NAME.XXXXXXXX.tmp`` file behind, which
+:func:`remove_stale_temporary_files` clears up.
+
+Files picmap reads back (checkpoints, saved models) are safetensors + JSON, never pickle:
+:func:`read_safetensors` turns a damaged file into a ``ValueError`` that names it.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import IO, Any
+
+import torch
+from safetensors import safe_open
+
+_TMP_SUFFIX = ".tmp"
+_TMP_NAME = re.compile(r"\..+\.[0-9a-f]{8}\.tmp", re.DOTALL)
 
 
 @contextmanager
@@ -23,14 +35,21 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     exists at the temporary path when the block ends is moved onto ``path``.
     """
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
+    tmp = target.with_name(f".{target.name}.{secrets.token_hex(4)}{_TMP_SUFFIX}")
     try:
+        target.parent.mkdir(parents=True, exist_ok=True)
         yield tmp
         _fsync(tmp)
         os.replace(tmp, target)
+    except OSError as err:
+        _unlink_quietly(tmp)
+        message = (
+            f"cannot write {displayable(str(target))}: {err.strerror or err} "
+            "(check that the folder is writable and the disk has space)"
+        )
+        raise (OSError(err.errno, message) if err.errno else OSError(message)) from err
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        _unlink_quietly(tmp)
         raise
 
 
@@ -61,6 +80,53 @@ def write_text_atomic(path: str | os.PathLike[str], text: str, encoding: str = "
     """Write ``text`` to ``path`` atomically (UTF-8 by default)."""
     with atomic_write(path, "w", encoding=encoding) as file:
         file.write(text)
+
+
+def read_safetensors(
+    path: str | os.PathLike[str], remedy: str
+) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """All tensors (on the CPU) and the metadata of a safetensors file.
+
+    A missing, truncated or otherwise damaged file raises ``ValueError`` naming it, followed by
+    ``remedy`` (what the user can do about it).
+    """
+    try:
+        with safe_open(str(path), "pt") as file:
+            tensors = {name: file.get_tensor(name) for name in file.keys()}  # noqa: SIM118
+            return tensors, file.metadata() or {}
+    except Exception as err:  # safetensors raises its own error types for a damaged file
+        raise ValueError(f"{path} is not a readable safetensors file ({err}); {remedy}") from None
+
+
+def remove_stale_temporary_files(folder: str | os.PathLike[str]) -> list[Path]:
+    """Delete the temporary files that writers killed mid-write left in ``folder``.
+
+    Only names of the form :func:`atomic_path` uses are touched. Call it where no other
+    writer can be at work in the folder (e.g. when a run starts). Returns what was removed.
+    """
+    stale = sorted(Path(folder).glob(f".*{_TMP_SUFFIX}"))
+    stale = [path for path in stale if _TMP_NAME.fullmatch(path.name) and path.is_file()]
+    for path in stale:
+        _unlink_quietly(path)
+    return stale
+
+
+def displayable(text: str) -> str:
+    """``text`` as valid Unicode: undecodable file-name bytes become U+FFFD (�).
+
+    On POSIX, Python decodes file names that are not valid UTF-8 with surrogate escapes; such
+    strings cannot be written to UTF-8 files or drawn. Valid text is returned unchanged.
+    """
+    try:
+        raw = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a lone surrogate that is not an escaped byte
+        raw = text.encode("utf-8", "replace")
+    return raw.decode("utf-8", "replace")
+
+
+def _unlink_quietly(path: Path) -> None:
+    with suppress(OSError):
+        path.unlink(missing_ok=True)
 
 
 def _fsync(path: Path) -> None:

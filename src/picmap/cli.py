@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import shlex
 import sys
 import time
 import warnings
@@ -15,12 +16,15 @@ import click
 import numpy as np
 
 from . import outputs
-from ._io import write_text_atomic
+from ._io import displayable, remove_stale_temporary_files, write_text_atomic
+from .baselines import check_installed, run_baselines
 from .data import datasets
 from .data.sources import to_store
 from .data.store import ImageStore
+from .discover import DUPLICATE_THRESHOLD, Discoveries, discover
 from .estimator import TSimCNE, resolve_device
-from .train import CHECKPOINT_FILE, Interrupted
+from .evaluate import Embedding, K, Report, Score, quality_report
+from .train import CHECKPOINT_FILE, DivergedError, Interrupted
 
 RUN_JSON = "run.json"
 RUN_LOG = "run.log"
@@ -32,7 +36,14 @@ class CliError(click.ClickException):
     """An error shown as one line, without a traceback."""
 
     def show(self, file=None) -> None:
-        click.echo(f"picmap: error: {self.message}", err=True)
+        click.echo(f"picmap: error: {displayable(self.message)}", err=True)
+
+
+def _error_text(err: Exception) -> str:
+    """An exception as one line: OSErrors without their ``[Errno N]`` prefix."""
+    if isinstance(err, OSError) and err.strerror:
+        return f"{err.strerror}: {err.filename}" if err.filename else err.strerror
+    return str(err)
 
 
 def _load_source(source: str, root: str | None, split: str, download: bool, verbose: bool):
@@ -97,8 +108,9 @@ def _warnings_as_messages():
     """Show Python warnings (e.g. skipped files) as one ``picmap: warning:`` line each."""
 
     def show(message, category, filename, lineno, file=None, line=None) -> None:
-        click.echo(f"picmap: warning: {message}", err=True)
-        logging.getLogger("picmap").warning("%s", message)
+        text = displayable(str(message))
+        click.echo(f"picmap: warning: {text}", err=True)
+        logging.getLogger("picmap").warning("%s", text)
 
     with warnings.catch_warnings():
         warnings.simplefilter("always")
@@ -107,13 +119,25 @@ def _warnings_as_messages():
 
 
 def _start_log(out: Path) -> logging.Handler:
-    out.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(out / RUN_LOG, encoding="utf-8")
+    """Create the output folder, clear what killed writers left there, and log to run.log."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporary_files(out)
+        handler = logging.FileHandler(out / RUN_LOG, encoding="utf-8", errors="replace")
+    except OSError as err:
+        raise CliError(
+            f"cannot write to --out {out} ({_error_text(err)}); choose a writable folder"
+        ) from None
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
     logger = logging.getLogger("picmap")
     logger.setLevel(logging.INFO)
     logger.addHandler(handler)
     return handler
+
+
+def _stop_log(handler: logging.Handler) -> None:
+    logging.getLogger("picmap").removeHandler(handler)
+    handler.close()
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -168,6 +192,14 @@ def main() -> None:
 )
 @click.option("--out-dim", type=click.IntRange(1, 3), default=2, show_default=True)
 @click.option("--resume", is_flag=True, help="Continue the run whose checkpoint is in --out.")
+@click.option(
+    "--checkpoint-every",
+    type=click.FloatRange(min=0),
+    default=60.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="How often training writes a checkpoint (a crash loses at most this much).",
+)
 @click.option("--root", default=None, help="Where named datasets are (or are downloaded to).")
 @click.option(
     "--split",
@@ -182,8 +214,8 @@ def fit(source: str, out: str, resume: bool, quiet: bool, **options) -> None:
     """Fit a map of SOURCE (a folder of images, a .npy/.npz file or a dataset name).
 
     DIR receives embedding.csv/.npy, model.safetensors + config.json, map.png,
-    thumbnails.png, explorer.html, metrics.json and run.log. Ctrl-C saves a checkpoint;
-    `--resume` continues from it.
+    thumbnails.png, explorer.html, metrics.json and run.log. A checkpoint is written every
+    --checkpoint-every seconds and on Ctrl-C; `--resume` continues from it.
     """
     out_dir = Path(out)
     if resume:
@@ -199,27 +231,48 @@ def fit(source: str, out: str, resume: bool, quiet: bool, **options) -> None:
         with _warnings_as_messages():
             _fit(out_dir, settings, verbose=not quiet)
     except Interrupted:
+        again = shlex.join(["picmap", "fit", source, "--out", out, "--resume"])
         click.echo(
-            f"\npicmap: stopped; checkpoint saved. Continue with: "
-            f"picmap fit {source} --out {out} --resume",
+            f"\npicmap: stopped; checkpoint saved. Continue with: {displayable(again)}",
             err=True,
         )
         sys.exit(130)
     except KeyboardInterrupt:
         click.echo("\npicmap: stopped.", err=True)
         sys.exit(130)
+    except DivergedError as err:
+        kept = (out_dir / CHECKPOINT_FILE).is_file()
+        note = f" The last good checkpoint is kept in {out_dir / CHECKPOINT_FILE}." if kept else ""
+        raise CliError(f"{err}{note}") from None
     except (ValueError, TypeError, OSError) as err:
-        raise CliError(str(err)) from None
+        raise CliError(_error_text(err)) from None
     finally:
-        logging.getLogger("picmap").removeHandler(handler)
-        handler.close()
+        _stop_log(handler)
 
 
 def _resumed_settings(out_dir: Path) -> dict:
+    """The settings saved in run.json, checked as if given on the command line again."""
     path = out_dir / RUN_JSON
     if not path.is_file():
         raise CliError(f"--resume: {out_dir} holds no run to resume ({RUN_JSON} is missing)")
-    return json.loads(path.read_text(encoding="utf-8"))
+    damaged = f"{path} is damaged; start afresh without --resume (or with a new --out)"
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CliError(f"{damaged} ({_error_text(err)})") from None
+    if not isinstance(saved, dict) or not isinstance(saved.get("source"), str):
+        raise CliError(damaged)
+    ctx = click.get_current_context()
+    settings = {"source": saved["source"]}
+    for param in fit.params:  # also when `plot` or `evaluate` re-read a finished run
+        if param.name in ("source", "out", "resume", "quiet"):
+            continue
+        value = saved.get(param.name, param.default)
+        try:
+            settings[param.name] = param.type_cast_value(ctx, value)
+        except click.BadParameter as err:
+            raise CliError(f"{damaged} ({param.name}={value!r}: {err.message})") from None
+    return settings
 
 
 def _fit(out_dir: Path, settings: dict, verbose: bool) -> None:
@@ -244,6 +297,7 @@ def _fit(out_dir: Path, settings: dict, verbose: bool) -> None:
         seed=settings["seed"],
         verbose=verbose,
         checkpoint_dir=out_dir,
+        checkpoint_interval=settings["checkpoint_every"],
     )
     started = time.perf_counter()
     Y = model.fit_transform(store)
@@ -258,6 +312,7 @@ def _fit(out_dir: Path, settings: dict, verbose: bool) -> None:
         "batch_size": batch_size,
         "device": str(model.device_),
         "fit_seconds": round(seconds, 2),
+        "loss_per_epoch": model.loss_history_,
         **outputs.quality_metrics(Y, store),
     }
     outputs.write_metrics(out_dir / outputs.METRICS_JSON, metrics)
@@ -270,7 +325,6 @@ def _fit(out_dir: Path, settings: dict, verbose: bool) -> None:
 def _write_views(out_dir: Path, Y: np.ndarray, store: ImageStore, verbose: bool) -> None:
     """The coordinates, the figures and the explorer page."""
     from . import plot
-    from .explore import write_explorer
 
     outputs.save_npy(out_dir / outputs.EMBEDDING_NPY, Y)
     outputs.write_embedding_csv(out_dir / outputs.EMBEDDING_CSV, Y, store)
@@ -278,6 +332,14 @@ def _write_views(out_dir: Path, Y: np.ndarray, store: ImageStore, verbose: bool)
         return
     plot.scatter_map(Y, store.labels, store.class_names, path=out_dir / outputs.MAP_PNG)
     plot.thumbnail_map(Y, store.images, path=out_dir / outputs.THUMBNAILS_PNG)
+    _write_explorer(out_dir, Y, store)
+
+
+def _write_explorer(
+    out_dir: Path, Y: np.ndarray, store: ImageStore, lists: dict[str, list[int]] | None = None
+) -> None:
+    from .explore import write_explorer
+
     write_explorer(
         out_dir / outputs.EXPLORER_HTML,
         Y,
@@ -285,6 +347,7 @@ def _write_views(out_dir: Path, Y: np.ndarray, store: ImageStore, verbose: bool)
         class_names=store.class_names,
         file_names=store.file_names,
         images=store.images,
+        lists=lists,
     )
 
 
@@ -343,7 +406,150 @@ def _run_data(out_dir: Path) -> tuple[np.ndarray, ImageStore]:
         store = to_store(store, image_size=settings["image_size"], verbose=False)
     except (ValueError, TypeError, OSError) as err:
         raise CliError(f"{out_dir} is not a finished picmap run ({err})") from None
+    if len(Y) != len(store):
+        raise CliError(
+            f"{out_dir / outputs.EMBEDDING_NPY} has {len(Y)} points but its source "
+            f"{settings['source']!r} now holds {len(store)} images; fit the map again"
+        )
     return Y, store
+
+
+@main.command(name="evaluate")
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.option(
+    "--baselines",
+    "with_baselines",
+    is_flag=True,
+    help="Also score pixel PCA, t-SNE and UMAP and t-SNE of the backbone's features, and draw "
+    "baselines.png (needs picmap[baselines]).",
+)
+@click.option(
+    "--k",
+    type=click.IntRange(min=1),
+    default=K,
+    show_default=True,
+    help="Neighbours for kNN accuracy, neighbourhood preservation and the discovery lists.",
+)
+@click.option(
+    "--duplicate-threshold",
+    type=click.FloatRange(-1, 1),
+    default=DUPLICATE_THRESHOLD,
+    show_default=True,
+    help="Cosine similarity (of the centred backbone features) from which two images count "
+    "as near-duplicates.",
+)
+@click.option("--device", default="auto", show_default=True, help="cuda, mps, cpu or auto.")
+def evaluate_run(
+    run_dir: str, with_baselines: bool, k: int, duplicate_threshold: float, device: str
+) -> None:
+    """Score the map in RUN_DIR and list its outliers, label errors and near-duplicates.
+
+    Prints kNN (k=15) and linear accuracy of the map and of the backbone's features, and how
+    much of each image's feature-space neighbourhood the map keeps; merges them into
+    metrics.json. Writes outliers.csv, label_errors.csv and duplicates.csv, and adds them to
+    explorer.html as a "Show" filter.
+    """
+    out_dir = Path(run_dir)
+    if with_baselines:
+        try:
+            check_installed()
+        except ImportError as err:
+            raise CliError(str(err)) from None
+    Y, store = _run_data(out_dir)
+    settings = _resumed_settings(out_dir)
+    handler = _start_log(out_dir)
+    try:
+        with _warnings_as_messages():
+            features = TSimCNE.load(out_dir, device=device).features(store)
+            fitted = outputs.read_metrics(out_dir / outputs.METRICS_JSON)
+            the_map = Embedding("picmap map", Y, fitted.get("fit_seconds"))
+            embeddings = [the_map, Embedding("backbone features", features)]
+            if with_baselines:
+                click.echo("picmap: computing baselines (pixel PCA, t-SNE, UMAP)…", err=True)
+                embeddings += run_baselines(store.images, features, seed=settings["seed"])
+            report = quality_report(
+                *embeddings[:2],
+                store.labels,
+                baselines=embeddings[2:],
+                k=k,
+                test_mask=_held_out_mask(settings, len(store)),
+                seed=settings["seed"],
+            )
+            found = discover(
+                Y, features, store.labels, k=k, duplicate_threshold=duplicate_threshold
+            )
+            _write_evaluation(out_dir, store, embeddings, report, found)
+        logging.getLogger("picmap").info("evaluated: %s", json.dumps(report.metrics()))
+    except (ValueError, TypeError, OSError) as err:
+        raise CliError(_error_text(err)) from None
+    finally:
+        _stop_log(handler)
+    click.echo(report.text())
+    click.echo(_discovery_summary(found, store.labels is not None))
+
+
+def _held_out_mask(settings: dict, n: int) -> np.ndarray | None:
+    """True on the test images of a named dataset fitted with --split all (train, then test);
+    None (cross-validation) for any other data."""
+    source = settings["source"]
+    if settings["split"] != "all" or Path(source).exists() or not datasets.is_known(source):
+        return None
+    if not datasets.has_test_split(source):
+        return None
+    _, test_labels = datasets.load(source, root=settings["root"], split="test")
+    return np.arange(n) >= n - len(test_labels)
+
+
+def _write_evaluation(
+    out_dir: Path,
+    store: ImageStore,
+    embeddings: list[Embedding],
+    report: Report,
+    found: Discoveries,
+) -> None:
+    """metrics.json, the discovery lists, baselines.png and the explorer page with the lists."""
+    outputs.write_discoveries(out_dir, found, store)
+    counts = {
+        "outliers": len(found.outliers),
+        "likely_label_errors": len(found.label_errors),
+        "near_duplicate_pairs": len(found.duplicates),
+    }
+    outputs.merge_metrics(
+        out_dir / outputs.METRICS_JSON, {**report.metrics(), "discoveries": counts}
+    )
+    Y = embeddings[0].coords
+    if Y.shape[1] != 2:
+        return
+    if len(embeddings) > 2:
+        from .plot import compare_maps
+
+        panels = [
+            (_panel_title(score), embedding.coords)
+            for embedding, score in zip(embeddings, report.scores, strict=True)
+            if score.dims == 2
+        ]
+        compare_maps(panels, store.labels, store.class_names, path=out_dir / outputs.BASELINES_PNG)
+    if (out_dir / outputs.EXPLORER_HTML).is_file():
+        _write_explorer(out_dir, Y, store, found.lists())
+
+
+def _panel_title(score: Score) -> str:
+    """A map's name, and its accuracies when there are any."""
+    if score.knn_accuracy is None:
+        return score.method
+    return (
+        f"{score.method}\nkNN {100 * score.knn_accuracy:.1f}% · "
+        f"linear {100 * score.linear_accuracy:.1f}%"
+    )
+
+
+def _discovery_summary(found: Discoveries, labelled: bool) -> str:
+    """One line: how many of each were found, and where they are."""
+    parts = [f"{len(found.outliers)} outliers ({outputs.OUTLIERS_CSV})"]
+    if labelled:
+        parts.append(f"{len(found.label_errors)} likely label errors ({outputs.LABEL_ERRORS_CSV})")
+    parts.append(f"{len(found.duplicates)} near-duplicate pairs ({outputs.DUPLICATES_CSV})")
+    return "Found " + ", ".join(parts)
 
 
 @main.command()

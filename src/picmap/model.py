@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 import torchvision
 from torch import nn
@@ -81,3 +83,15 @@ class EmbeddingNet(nn.Module):
         """Swap the last linear layer for a fresh one with ``out_dim`` outputs (stage 2)."""
         old = self.head.readout
         self.head.readout = nn.Linear(old.in_features, out_dim).to(old.weight.device)
+
+
+def state_mismatch(net: nn.Module, state: Mapping[str, torch.Tensor]) -> list[str]:
+    """Names of tensors missing from ``state``, not in ``net``, or of another shape than there.
+
+    Checking this before ``load_state_dict`` turns a damaged or foreign file into a clear error
+    (``net`` may live on the "meta" device, so absurd sizes cost no memory).
+    """
+    expected = {name: tuple(value.shape) for name, value in net.state_dict().items()}
+    found = {name: tuple(value.shape) for name, value in state.items()}
+    differ = {name for name in found.keys() & expected.keys() if found[name] != expected[name]}
+    return sorted(found.keys() ^ expected.keys() | differ)

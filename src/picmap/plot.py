@@ -1,13 +1,15 @@
-"""Static figures of a 2-D embedding: a coloured scatter map and a map of thumbnails.
+"""Static figures of a 2-D embedding: a coloured scatter map, a map of thumbnails, and several
+maps of the same images side by side.
 
 Figures are built on matplotlib's Agg canvas directly (no pyplot, no display, no global state),
-so they work on servers and in threads. Both functions return the Figure and, when given a
+so they work on servers and in threads. Each function returns the Figure and, when given a
 ``path``, also save it atomically (the format follows the file extension; PNG by default).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +25,7 @@ from matplotlib.lines import Line2D
 from ._io import atomic_write
 
 MAP_INCHES = 8.0
+PANEL_INCHES = 4.0  # one map of several side by side (compare_maps)
 DPI = 150
 LEGEND_ROWS = 30
 THUMBNAIL_MAX_PX = 64
@@ -60,31 +63,72 @@ def scatter_map(
     are drawn in a fixed random order so no class systematically covers another.
     """
     points = _check_embedding(Y)
-    n = len(points)
-    classes = _class_codes(labels, class_names, n)
+    classes = _class_codes(labels, class_names, len(points))
     fig = _new_figure()
-    ax = _map_axes(fig, title)
-    order = np.random.default_rng(0).permutation(n)
-    if classes is None:
-        colors: np.ndarray | str = UNLABELLED_COLOR
-    else:
-        codes, names = classes
-        palette = class_colors(len(names))
-        colors = np.array(palette)[codes[order]]
-        handles = [
-            Line2D([], [], marker="o", linestyle="", color=c, markersize=6, label=name)
-            for c, name in zip(palette, names, strict=True)
-        ]
-        columns = -(-len(names) // LEGEND_ROWS)
-        legend = fig.legend(
-            handles=handles, loc="outside right upper", ncols=columns, frameon=False
-        )
-        _widen_for(fig, legend)
-    size = float(np.clip(20_000 / n, 0.8, 30.0))
-    alpha = float(np.clip(0.9 * (1_000 / n) ** 0.25, 0.3, 0.9))
-    ax.scatter(*points[order].T, s=size, c=colors, alpha=alpha, linewidths=0, rasterized=True)
+    _draw_points(_map_axes(fig, title), points, classes)
+    _class_legend(fig, classes)
     _save(fig, path)
     return fig
+
+
+def compare_maps(
+    maps: Sequence[tuple[str, np.ndarray]],
+    labels: np.ndarray | None = None,
+    class_names: list[str] | None = None,
+    *,
+    path: str | os.PathLike[str] | None = None,
+    columns: int = 3,
+) -> Figure:
+    """Several 2-D maps of the same images side by side, coloured alike, with one legend.
+
+    ``maps`` holds ``(title, Y)`` pairs, each ``Y`` an N×2 array over the same N images.
+    """
+    if not maps:
+        raise ValueError("maps is empty; pass (title, N×2 coordinates) pairs")
+    points = [_check_embedding(Y) for _, Y in maps]
+    if len({len(p) for p in points}) != 1:
+        raise ValueError(
+            f"the maps must show the same images; their sizes differ: {[len(p) for p in points]}"
+        )
+    classes = _class_codes(labels, class_names, len(points[0]))
+    cols = min(columns, len(maps))
+    rows = -(-len(maps) // cols)
+    fig = _new_figure(PANEL_INCHES * cols, PANEL_INCHES * rows)
+    for i, ((title, _), panel) in enumerate(zip(maps, points, strict=True)):
+        ax = _map_axes(fig, title, (rows, cols, i + 1))
+        _draw_points(ax, panel, classes, PANEL_INCHES / MAP_INCHES)
+    _class_legend(fig, classes)
+    _save(fig, path)
+    return fig
+
+
+def _draw_points(
+    ax, points: np.ndarray, classes: tuple[np.ndarray, list[str]] | None, scale: float = 1.0
+) -> None:
+    """Scatter the points in a fixed random order, coloured by class; markers grow with
+    ``scale`` (the panel's size relative to a full map)."""
+    n = len(points)
+    order = np.random.default_rng(0).permutation(n)
+    colors: np.ndarray | str = UNLABELLED_COLOR
+    if classes is not None:
+        colors = np.array(class_colors(len(classes[1])))[classes[0][order]]
+    size = float(np.clip(20_000 / n, 0.8, 30.0)) * scale**2
+    alpha = float(np.clip(0.9 * (1_000 / n) ** 0.25, 0.3, 0.9))
+    ax.scatter(*points[order].T, s=size, c=colors, alpha=alpha, linewidths=0, rasterized=True)
+
+
+def _class_legend(fig: Figure, classes: tuple[np.ndarray, list[str]] | None) -> None:
+    """One legend entry per class, outside on the right; the figure widens to fit it."""
+    if classes is None:
+        return
+    names = classes[1]
+    handles = [
+        Line2D([], [], marker="o", linestyle="", color=c, markersize=6, label=name)
+        for c, name in zip(class_colors(len(names)), names, strict=True)
+    ]
+    columns = -(-len(names) // LEGEND_ROWS)
+    legend = fig.legend(handles=handles, loc="outside right upper", ncols=columns, frameon=False)
+    _widen_for(fig, legend)
 
 
 def thumbnail_map(
@@ -189,8 +233,8 @@ def _thumbnails(pixels: torch.Tensor, max_px: int) -> np.ndarray:
 # -- figure helpers ----------------------------------------------------------------------------
 
 
-def _new_figure() -> Figure:
-    fig = Figure(figsize=(MAP_INCHES, MAP_INCHES), dpi=DPI, layout="constrained")
+def _new_figure(width: float = MAP_INCHES, height: float = MAP_INCHES) -> Figure:
+    fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
     FigureCanvasAgg(fig)
     return fig
 
@@ -198,12 +242,12 @@ def _new_figure() -> Figure:
 def _widen_for(fig: Figure, legend: Legend) -> None:
     """Make the figure wider by the legend's measured width, so the map keeps its size."""
     width = legend.get_window_extent(fig.canvas.get_renderer()).width / fig.dpi
-    fig.set_figwidth(MAP_INCHES + width + 0.2)
+    fig.set_figwidth(fig.get_figwidth() + width + 0.2)
 
 
-def _map_axes(fig: Figure, title: str | None):
-    """One equal-aspect axes without ticks or frame."""
-    ax = fig.add_subplot()
+def _map_axes(fig: Figure, title: str | None, position: tuple[int, int, int] = (1, 1, 1)):
+    """One equal-aspect axes without ticks or frame, at ``position`` (rows, columns, index)."""
+    ax = fig.add_subplot(*position)
     ax.set_aspect("equal", adjustable="datalim")
     ax.set_axis_off()
     if title:

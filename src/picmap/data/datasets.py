@@ -133,7 +133,9 @@ def _cifar_reader(cls: type[tv_datasets.CIFAR10], title: str) -> Callable:
         if download:
             _download(cls, folder, title)
         try:
-            data = cls(str(folder), train=split == "train")
+            # The one place picmap unpickles: torchvision reads the official CIFAR batches,
+            # which are distributed as pickles, from a folder the user names (README).
+            data = cls(str(folder), train=split == "train")  # trusted-pickle: CIFAR batches
         except RuntimeError:
             raise ValueError(
                 f"{title} not found (or damaged) in {folder / cls.base_folder}. Pass "
@@ -157,7 +159,7 @@ def _cifar_locator(cls: type[tv_datasets.CIFAR10]) -> Callable[[Path | None], tu
 def _download(cls: type, root: Path, title: str) -> None:
     """Fetch a torchvision dataset into ``root``; network failures become a ValueError."""
     try:
-        cls(str(root), train=True, download=True)
+        cls(str(root), train=True, download=True)  # trusted-pickle: loads CIFAR after download
     except (OSError, RuntimeError) as error:
         raise ValueError(f"could not download {title} into {root}: {error}") from None
 
@@ -205,6 +207,11 @@ def is_known(name: str) -> bool:
     """Whether ``name`` (any case, aliases included) is a named dataset."""
     key = str(name).strip().lower().replace("_", "-")
     return _ALIASES.get(key, key) in _DATASETS
+
+
+def has_test_split(name: str) -> bool:
+    """Whether the named dataset has a held-out test split (``split="all"`` puts it last)."""
+    return "test" in _DATASETS[_canonical_name(name)].splits
 
 
 def load(

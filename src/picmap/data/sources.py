@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import stat
 import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -18,6 +19,7 @@ import torch
 from PIL import Image, ImageOps
 from tqdm.auto import tqdm
 
+from .._io import displayable
 from .store import ImageStore
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
@@ -48,7 +50,10 @@ def to_store(
             - a path to a folder of images (searched recursively, hidden files and folders
               skipped); when the images sit in sub-folders, the first-level sub-folder names
               are the classes (sorted names → labels 0..K-1, like torchvision's ImageFolder)
-              and images lying directly in the folder are left out, with a warning;
+              and images lying directly in the folder are left out, with a warning; files
+              that are not regular files (FIFOs, devices) count as unreadable. In
+              ``file_names`` and class names, bytes of a name that are not valid UTF-8
+              become U+FFFD (�), so every name can be written to a file and shown;
             - a path to one image file, or a list of image file paths;
             - an ImageStore (resized when ``image_size`` asks for another size).
 
@@ -426,7 +431,8 @@ def _label_by_folder(folder: Path, files: list[Path]) -> tuple[list[Path], _Labe
             "images sit in class sub-folders, so these have no class. Move them into one.",
             stacklevel=4,
         )
-    return nested, encode_labels([file.relative_to(folder).parts[0] for file in nested])
+    codes, names = encode_labels([file.relative_to(folder).parts[0] for file in nested])
+    return nested, (codes, [displayable(name) for name in names or []])
 
 
 def _thread_map(function: Callable[[Path], Any], items: Sequence[Path], desc: str, verbose: bool):
@@ -465,14 +471,21 @@ def _try_each(
     return done
 
 
+def _open_image(path: Path) -> Image.Image:
+    """Open an image file lazily; a FIFO, device or folder is refused before it is read."""
+    if not stat.S_ISREG(path.stat().st_mode):  # reading a FIFO would wait forever
+        raise ValueError("not a regular file (a folder, FIFO or device)")
+    return Image.open(path)
+
+
 def _read_size(path: Path) -> tuple[int, int]:
-    with Image.open(path) as image:
+    with _open_image(path) as image:
         return image.size
 
 
 def _decoder(size: int) -> Callable[[Path], Image.Image]:
     def decode(path: Path) -> Image.Image:
-        with Image.open(path) as image:
+        with _open_image(path) as image:
             image.draft(_target_mode(image), (size, size))  # JPEG: decode at a reduced scale
             image.load()
             return _fit(ImageOps.exif_transpose(image), size)  # photos: apply EXIF rotation
@@ -510,7 +523,7 @@ def _from_files(
         _stack([images[i] for i in keep]),
         None if labels is None else labels[0][keep],
         None if labels is None else labels[1],
-        [str(files[i]) for i in keep],
+        [displayable(str(files[i])) for i in keep],
     )
 
 

@@ -22,7 +22,11 @@ within 30 % of lossy WebP, but 10-20× faster to encode (100,000 thumbnails in u
 Thumbnail size is capped so large collections stay small: at most 128 px per side, shrinking
 towards 32 px as the number of images grows.
 
-Security: every user string (title, class names, file names) travels inside a
+Optional named lists of points (``lists=``, e.g. the outliers, likely label errors and
+near-duplicates that ``picmap evaluate`` finds) become a "Show" control that highlights one
+list's points.
+
+Security: every user string (title, class names, file names, list names) travels inside a
 ``<script type="application/json">`` block with ``<``, ``>`` and ``&`` escaped as ``\\u003c``
 etc., and the page shows it with ``textContent`` only. A Content-Security-Policy allows no
 network access and only the page's own script (by hash), so even an injected inline handler
@@ -38,6 +42,7 @@ import io
 import json
 import os
 import re
+from collections.abc import Mapping, Sequence
 from functools import cache
 from importlib import resources
 from pathlib import Path
@@ -72,14 +77,16 @@ def write_explorer(
     class_names: list[str] | None = None,
     file_names: list[str] | None = None,
     images: np.ndarray | torch.Tensor | None = None,
+    lists: Mapping[str, Sequence[int]] | None = None,
     title: str = "picmap",
 ) -> Path:
     """Write an interactive HTML map of the embedding ``Y`` (N×2) to ``path``; return the path.
 
     Hovering a point shows its image (when ``images``, uint8 N×C×H×W, are given), label and file
     name; the legend hides and shows classes; Shift+drag lassoes points whose file names can be
-    copied or exported; the search box highlights matching file names and labels. Without
-    ``file_names`` the page uses point indices (``#17``).
+    copied or exported; the search box highlights matching file names and labels. ``lists``
+    maps a name (``"outliers"``) to point indices; the "Show" control highlights one list's
+    points. Without ``file_names`` the page uses point indices (``#17``).
     """
     points = _check_embedding(Y)
     n = len(points)
@@ -93,6 +100,7 @@ def write_explorer(
         "classNames": None if classes is None else classes[1],
         "names": _check_names(file_names, n),
         "thumbs": None if images is None else _atlases(_check_images(images, n)),
+        "lists": _check_lists(lists, n),
     }
     write_text_atomic(path, _page(str(title), data))
     return Path(path)
@@ -105,6 +113,23 @@ def _check_names(file_names: list[str] | None, n: int) -> list[str] | None:
     if len(names) != n:
         raise ValueError(f"file_names has {len(names)} entries but Y has {n} points")
     return names
+
+
+def _check_lists(lists: Mapping[str, Sequence[int]] | None, n: int) -> list[dict[str, Any]] | None:
+    """Named lists as ``[{"name", "indices"}]``; every index must be a point of the map."""
+    if not lists:
+        return None
+    checked = []
+    for name, indices in lists.items():
+        values = np.asarray(indices).reshape(-1)
+        if values.size and not np.issubdtype(values.dtype, np.integer):
+            raise TypeError(f"lists[{name!r}] must hold integer point indices, got {values.dtype}")
+        if values.size and (values.min() < 0 or values.max() >= n):
+            raise ValueError(
+                f"lists[{name!r}] holds indices outside 0..{n - 1}; pass indices of points of Y"
+            )
+        checked.append({"name": str(name), "indices": values.tolist()})
+    return checked
 
 
 def _atlases(pixels: torch.Tensor) -> dict[str, Any]:

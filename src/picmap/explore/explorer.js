@@ -1,6 +1,7 @@
-// picmap explorer: a canvas scatter map with hover thumbnails, a class legend, lasso selection
-// and search. Points are stamped straight into an ImageData buffer, which keeps panning smooth
-// with 100,000 points. All user text is shown with textContent, never parsed as HTML.
+// picmap explorer: a canvas scatter map with hover thumbnails, a class legend, lasso selection,
+// search and a "Show" filter for named lists of points (outliers, label errors, ...). Points are
+// stamped straight into an ImageData buffer, which keeps panning smooth with 100,000 points.
+// All user text is shown with textContent, never parsed as HTML.
 "use strict";
 (() => {
   const data = JSON.parse(document.getElementById("picmap-data").textContent);
@@ -13,6 +14,7 @@
   const classNames = data.classNames; // null without labels
   const names = data.names; // file name per point, or null
   const thumbs = data.thumbs; // sprite atlases, or null without images
+  const lists = data.lists || []; // [{name, indices}], shown by the "Show" control
   const colors = data.colors.map((hex) => rgba(hex));
   const paleColors = data.colors.map((hex) => rgba(hex, 0.75));
   const OUTLINE = rgba("#111111");
@@ -21,10 +23,16 @@
   const hidden = new Uint8Array(colors.length);
   const selected = new Uint8Array(n);
   const matched = new Uint8Array(n);
+  const flagged = new Uint8Array(n); // in the list chosen under "Show"
+  const memberships = new Map(); // point -> names of the lists it is in, for the tooltip
+  for (const list of lists) {
+    for (const i of list.indices) memberships.set(i, [...(memberships.get(i) || []), list.name]);
+  }
   const order = shuffled(n);
   const atlases = [];
   const view = { scale: 1, tx: 0, ty: 0, fitScale: 0 }; // screen = (x*scale+tx, ty-y*scale)
   let searching = false;
+  let filtering = false;
   let selectedCount = 0;
   let hover = -1;
   let drag = null; // {pan: {x, y, tx, ty}} or {lasso: [[x, y], ...]}
@@ -38,6 +46,11 @@
   const thumbCanvas = $("thumb");
 
   const visible = (i) => hidden[codes[i]] === 0;
+  // Highlighted: passes the search and the "Show" filter, whichever are active.
+  const highlighted = (i) =>
+    (searching || filtering) &&
+    (!searching || matched[i] === 1) &&
+    (!filtering || flagged[i] === 1);
   const nameOf = (i) => (names ? names[i] : `#${i}`);
   const labelOf = (i) => (classNames ? classNames[codes[i]] : "");
 
@@ -139,14 +152,14 @@
     const r = Math.max(0.5, radius() * dpr);
     const hotR = Math.max(r + dpr, 2.5 * dpr); // matched and selected points stand out
     const [normal, hot, ring] = [disc(r), disc(hotR), disc(hotR + dpr)];
-    const emphasis = searching || selectedCount > 0;
+    const emphasis = searching || filtering || selectedCount > 0;
     const [s, tx, ty] = [view.scale * dpr, view.tx * dpr, view.ty * dpr];
     // Pass 0 draws everything (pale when something is emphasised); pass 1 the emphasised on top.
     for (let pass = 0; pass < (emphasis ? 2 : 1); pass++) {
       for (let k = 0; k < n; k++) {
         const i = order[k];
         if (!visible(i)) continue;
-        const isHot = emphasis && (matched[i] === 1 || selected[i] === 1);
+        const isHot = emphasis && (highlighted(i) || selected[i] === 1);
         if (emphasis && isHot !== (pass === 1)) continue;
         const px = Math.round(xs[i] * s + tx);
         const py = Math.round(ty - ys[i] * s);
@@ -214,6 +227,7 @@
     if (i < 0) return;
     $("tip-label").textContent = labelOf(i);
     $("tip-name").textContent = nameOf(i);
+    $("tip-lists").textContent = (memberships.get(i) || []).join(" · ");
     drawThumb(i);
     const box = tip.getBoundingClientRect();
     const left = clientX + 16 + box.width > innerWidth ? clientX - 16 - box.width : clientX + 16;
@@ -327,6 +341,25 @@
     updateCounts();
   }
 
+  function showList(k) {
+    filtering = k >= 0;
+    flagged.fill(0);
+    if (filtering) for (const i of lists[k].indices) flagged[i] = 1;
+    updateCounts();
+  }
+
+  function buildShow() {
+    if (!lists.length) return;
+    lists.forEach((list, k) => {
+      const option = document.createElement("option");
+      option.value = String(k);
+      option.textContent = `${list.name} (${list.indices.length})`;
+      $("show").append(option);
+    });
+    $("show").addEventListener("change", (event) => showList(Number(event.target.value || -1)));
+    $("show-box").hidden = false;
+  }
+
   function buildLegend() {
     if (!classNames) return;
     const counts = new Array(classNames.length).fill(0);
@@ -430,6 +463,7 @@
   $("title").textContent = data.title;
   document.title = data.title;
   buildLegend();
+  buildShow();
   new ResizeObserver(resize).observe(canvas);
 
   // A small hook for tests and automation: data -> page coordinates and a few counters.
@@ -440,6 +474,7 @@
       return [box.left + toScreenX(x), box.top + toScreenY(y)];
     },
     visibleCount: () => order.filter(visible).length,
+    highlightedCount: () => order.filter((i) => visible(i) && highlighted(i)).length,
     hovered: () => hover,
     selectedNames,
   };
