@@ -63,11 +63,14 @@ def run_picmap(images: np.ndarray, args: argparse.Namespace) -> tuple[Embedding,
         learning_rate=args.lr or "auto",
         device=args.device,
         seed=args.seed,
+        mixed_precision=not args.fp32,
+        compile_network=args.compile,
     )
     started = time.perf_counter()
     Y = model.fit_transform(images)
     seconds = time.perf_counter() - started
-    the_map = Embedding(f"picmap {args.backbone} {args.epochs}", Y, seconds)
+    precision = "fp32" if args.fp32 else "auto"
+    the_map = Embedding(f"picmap {args.backbone} {args.epochs} {precision}", Y, seconds)
     return the_map, Embedding("backbone features", model.features(images))
 
 
@@ -86,6 +89,8 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=None)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--fp32", action="store_true", help="no bfloat16 autocast on CUDA")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the network")
     parser.add_argument(
         "--no-baselines", action="store_true", help="only picmap's map and features"
     )

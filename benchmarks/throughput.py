@@ -13,6 +13,7 @@ autocast and channels_last. One run prints both and their ratio.
 from __future__ import annotations
 
 import argparse
+import functools
 import resource
 import time
 
@@ -79,11 +80,11 @@ def peak_memory_gb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB → GiB, whole process
 
 
-def time_picmap(images: torch.Tensor, args, device: torch.device) -> float:
+def time_picmap(images: torch.Tensor, args, device: torch.device, compile: bool = False) -> float:
     """Images per second of picmap's trainer, measured after a warm-up epoch."""
     net = build_net(args.backbone, device)
     stage = Stage(args.epochs + 1, 0.06, 0, 128, False)
-    config = TrainConfig([stage], args.batch_size, images.shape[-1], verbose=False)
+    config = TrainConfig([stage], args.batch_size, images.shape[-1], verbose=False, compile=compile)
     trainer = Trainer(net, images.to(device), config, torch.Generator(device).manual_seed(0))
     stamps = []
 
@@ -139,6 +140,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=2, help="timed epochs after one warm-up")
     parser.add_argument("--workers", type=int, default=8)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--compile", action="store_true", help="also time picmap + torch.compile")
     args = parser.parse_args()
     if args.small:
         args.images, args.backbone, args.batch_size, args.epochs, args.workers = (
@@ -157,7 +159,10 @@ def main() -> None:
     peak = next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
 
     rows = []
-    for label, timer in (("picmap", time_picmap), ("conventional", time_conventional)):
+    timers = [("picmap", time_picmap), ("conventional", time_conventional)]
+    if args.compile:
+        timers.insert(1, ("picmap+compile", functools.partial(time_picmap, compile=True)))
+    for label, timer in timers:
         reset_memory(device)
         rate = timer(images, args, device)
         rows.append((label, rate, peak_memory_gb(device)))
@@ -170,7 +175,7 @@ def main() -> None:
         recipe_h = per_epoch * sum(RECIPE_EPOCHS) / 3600
         mfu = f"{100 * rate * flops / (peak * 1e12):5.1f}%" if peak else "  n/a"
         print(f"{label:14s} {rate:9.0f} {per_epoch:10.2f} {recipe_h:8.2f}h {memory:8.2f} {mfu}")
-    print(f"speed-up picmap / conventional: {rows[0][1] / rows[1][1]:.1f}×")
+    print(f"speed-up picmap / conventional: {rows[0][1] / rows[-1][1]:.1f}×")
     print(f"model: {flops / 1e9:.2f} GFLOP per image per step (two views, forward + backward)")
 
 

@@ -157,3 +157,10 @@ def test_datasets_lists_digits_offline():
     assert any(
         line.startswith("digits") and "offline" in line for line in result.output.splitlines()
     )
+
+
+def test_resume_of_a_finished_run_does_not_retrain(fitted_run):
+    before = (fitted_run / "embedding.npy").stat().st_mtime_ns
+    result = CliRunner().invoke(main, ["fit", "unused", "--out", str(fitted_run), "--resume"])
+    assert result.exit_code == 0 and "already finished" in result.output
+    assert (fitted_run / "embedding.npy").stat().st_mtime_ns == before

@@ -220,6 +220,10 @@ def fit(source: str, out: str, resume: bool, quiet: bool, **options) -> None:
     out_dir = Path(out)
     if resume:
         settings = _resumed_settings(out_dir)
+        finished = (out_dir / outputs.METRICS_JSON).exists()
+        if finished and not (out_dir / CHECKPOINT_FILE).exists():
+            click.echo(f"picmap: the run in {out_dir} is already finished; nothing to resume")
+            return
     else:
         if (out_dir / CHECKPOINT_FILE).exists():
             raise CliError(
