@@ -41,9 +41,7 @@ def test_training_from_streamed_data_equals_resident_training():
         torch.manual_seed(0)
         backbone, dim = make_backbone("small", 1)
         config = TrainConfig(stages=stages, batch_size=16, image_size=8, verbose=False)
-        trainer = Trainer(
-            EmbeddingNet(backbone, dim, 32, 128), images, config, torch.Generator().manual_seed(3)
-        )
+        trainer = Trainer(EmbeddingNet(backbone, dim, 32, 128), images, config, 3)
         trainer.batches.streaming = streaming
         losses.append(trainer.run())
     assert losses[0] == losses[1]

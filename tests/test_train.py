@@ -51,7 +51,7 @@ def test_each_stage_trains_the_right_parameters_and_output_size():
         Stage(1, 0.05, 0, 2, True),
         Stage(1, 0.05, 0, 2, False),
     ]
-    trainer = Trainer(net, _images(), _config(stages), torch.Generator().manual_seed(0))
+    trainer = Trainer(net, _images(), _config(stages), 0)
     seen = {}
 
     def record(t: Trainer) -> None:
@@ -83,7 +83,7 @@ def test_loss_history_has_one_entry_per_epoch():
         Stage(1, 0.05, 0, 2, True),
         Stage(2, 1e-4, 1, 2, False),
     ]
-    trainer = Trainer(_net(), _images(), _config(stages), torch.Generator().manual_seed(0))
+    trainer = Trainer(_net(), _images(), _config(stages), 0)
     losses = trainer.run()
     assert [len(x) for x in losses] == [3, 1, 2]
     assert all(math.isfinite(v) for stage in losses for v in stage)
@@ -91,13 +91,13 @@ def test_loss_history_has_one_entry_per_epoch():
 
 def test_batch_larger_than_data_is_refused():
     with pytest.raises(ValueError, match="batch_size=64 is larger than the data"):
-        Trainer(_net(), _images(32), _config([Stage(1, 0.1, 0, 2, False)], 64), torch.Generator())
+        Trainer(_net(), _images(32), _config([Stage(1, 0.1, 0, 2, False)], 64), 0)
 
 
 def test_nan_loss_stops_and_keeps_last_good_weights():
     net = _net()
     stages = [Stage(1, 0.05, 0, 128, False), Stage(2, 1e30, 0, 2, False)]
-    trainer = Trainer(net, _images(), _config(stages, grad_clip=None), torch.Generator())
+    trainer = Trainer(net, _images(), _config(stages, grad_clip=None), 0)
     snapshots = []
     trainer.on_epoch_end = lambda t: snapshots.append(
         {k: v.clone() for k, v in t.net.state_dict().items()}
@@ -120,7 +120,7 @@ def test_stop_request_saves_and_resume_continues_exactly(tmp_path):
 
     def make(ckpt):
         torch.manual_seed(0)
-        return Trainer(_net(), _images(), _config(stages), torch.Generator().manual_seed(7), ckpt)
+        return Trainer(_net(), _images(), _config(stages), 7, ckpt)
 
     straight = make(None)
     straight.run()

@@ -10,7 +10,7 @@ import numbers
 import random
 import signal
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -21,19 +21,20 @@ from sklearn.exceptions import NotFittedError
 from torch import nn
 from tqdm.auto import tqdm
 
+from . import distributed
 from ._io import atomic_path, read_safetensors, write_text_atomic
 from .augment import grayscale
 from .data.sources import to_store
 from .data.store import ImageStore
 from .loss import METRICS
 from .model import BACKBONES, EmbeddingNet, make_backbone, state_mismatch
+from .recipes import Recipe, resolve_recipe
 from .train import Stage, TrainConfig, Trainer, largest_batch_size, warmup_epochs_for
 
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 FORMAT_VERSION = 1
 _PRETRAIN_DIM = 128
-_FINETUNE_LR_RATIO = 1e-3
 _MAX_AUTO_BATCH = 8192
 
 
@@ -82,7 +83,8 @@ class TSimCNE(BaseEstimator):
         on CUDA the largest power of two whose training step fits in GPU memory (at most
         8192 and the data size), else 512.
     learning_rate : float or "auto"
-        Stage-1 and stage-2 learning rate; "auto" is ``0.03 × batch_size / 256``.
+        Stage-1 and stage-2 learning rate; "auto" is the recipe's ``lr_per_256 × batch_size /
+        256`` (0.03 × batch_size / 256 in the paper's recipe).
     warmup_epochs : int
         Linear warm-up at the start of stages 1 and 3, capped at a tenth of the stage.
     image_size : int, optional
@@ -104,6 +106,10 @@ class TSimCNE(BaseEstimator):
         On CUDA, run the network in bfloat16 autocast (the loss stays in float32).
     compile_network : bool
         Run the network through ``torch.compile``.
+    recipe : "picmap", "paper" or Recipe
+        The learning-rate rule, the stage-3 learning rate and the augmentation strength
+        (:mod:`picmap.recipes`). "paper" is the published t-SimCNE recipe; "picmap" is tuned
+        for short runs (see ``benchmarks/RESULTS.md``).
     """
 
     def __init__(
@@ -130,6 +136,7 @@ class TSimCNE(BaseEstimator):
         checkpoint_interval: float = 60.0,
         mixed_precision: bool = True,
         compile_network: bool = False,
+        recipe: str | Recipe = "picmap",
     ) -> None:
         self.backbone = backbone
         self.feature_dim = feature_dim
@@ -152,45 +159,57 @@ class TSimCNE(BaseEstimator):
         self.checkpoint_interval = checkpoint_interval
         self.mixed_precision = mixed_precision
         self.compile_network = compile_network
+        self.recipe = recipe
 
     # -- fitting -------------------------------------------------------------------------------
 
-    def fit(self, X, y=None) -> TSimCNE:
+    def fit(self, X, y=None, *, on_epoch_end: Callable[[Trainer], None] | None = None) -> TSimCNE:
         """Learn the map of ``X`` (arrays, tensors, a Dataset, a folder or a list of files).
 
         ``y`` optionally gives labels; they are kept with the embedding but do not affect it.
+        ``on_epoch_end`` is called with the :class:`~picmap.train.Trainer` after every epoch
+        (its ``progress`` and ``net`` say where training stands), e.g. to log or evaluate.
+
+        In processes started by ``torchrun`` the fit is data-parallel (:mod:`picmap.distributed`):
+        ``batch_size`` is the global batch, split evenly among the processes, and every process
+        ends with the same fitted model; only rank 0 writes checkpoints and shows progress.
         """
         self._check_params()
-        store = to_store(X, labels=y, image_size=self.image_size, verbose=self.verbose)
+        store = to_store(X, labels=y, image_size=self.image_size, verbose=self._talks())
         if len(store) < 2:
             raise ValueError(
                 f"X holds {len(store)} image; a map needs at least 2 (and enough for a batch)"
             )
-        self.device_ = resolve_device(self.device)
-        self.seed_ = self.seed if self.seed is not None else random.randrange(2**31)
-        self.image_size_, self.channels_ = store.image_size, store.channels
-        self.model_ = self._build_net(store.channels, self.device_)
-        self.batch_size_ = self._choose_batch_size(len(store))
-        generator = torch.Generator(self.device_).manual_seed(self.seed_)
-        trainer = Trainer(
-            self.model_,
-            _place_images(store.images, self.device_),
-            self._train_config(),
-            generator,
-            checkpoint_dir=self.checkpoint_dir,
-            checkpoint_interval=self.checkpoint_interval,
-            device=self.device_,
-        )
-        trainer.resume()
-        with _stop_on_sigint(trainer):
-            self.loss_history_ = trainer.run()
+        self.device_ = distributed.process_device(resolve_device(self.device))
+        with distributed.process_group(self.device_):
+            seed = self.seed if self.seed is not None else random.randrange(2**31)
+            self.seed_ = distributed.same_everywhere(seed, self.device_)
+            self.image_size_, self.channels_ = store.image_size, store.channels
+            self.model_ = self._build_net(store.channels, self.device_)
+            self.batch_size_ = self._choose_batch_size(len(store))
+            trainer = Trainer(
+                self.model_,
+                _place_images(store.images, self.device_),
+                self._train_config(),
+                self.seed_,
+                checkpoint_dir=self.checkpoint_dir,
+                checkpoint_interval=self.checkpoint_interval,
+                device=self.device_,
+            )
+            trainer.on_epoch_end = on_epoch_end
+            trainer.resume()
+            self.seed_ = trainer.seed  # a resumed run keeps the seed it started with
+            with _stop_on_sigint(trainer):
+                self.loss_history_ = trainer.run()
         self._keep_data_info(store)
         self.embedding_ = self._embed(store)
         return self
 
-    def fit_transform(self, X, y=None) -> np.ndarray:
+    def fit_transform(
+        self, X, y=None, *, on_epoch_end: Callable[[Trainer], None] | None = None
+    ) -> np.ndarray:
         """Fit, and return the map coordinates of ``X`` (``N×out_dim`` float32)."""
-        return self.fit(X, y).embedding_
+        return self.fit(X, y, on_epoch_end=on_epoch_end).embedding_
 
     def _check_params(self) -> None:
         if self.metric not in METRICS:
@@ -216,6 +235,7 @@ class TSimCNE(BaseEstimator):
         lr = self.learning_rate
         if lr != "auto" and not (isinstance(lr, int | float) and lr > 0 and math.isfinite(lr)):
             raise ValueError(f"learning_rate={lr!r} must be a positive number or 'auto'")
+        resolve_recipe(self.recipe)
         for name, whole, positive, optional in _NUMERIC_PARAMS:
             _check_number(name, getattr(self, name), whole, positive, optional)
 
@@ -231,15 +251,16 @@ class TSimCNE(BaseEstimator):
         return net.to(device)
 
     def _train_config(self) -> TrainConfig:
-        batch = self.batch_size_
-        lr = 0.03 * batch / 256 if self.learning_rate == "auto" else self.learning_rate
+        batch, recipe = self.batch_size_, resolve_recipe(self.recipe)
+        auto_lr = self.learning_rate == "auto"
+        lr = recipe.lr_per_256 * batch / 256 if auto_lr else self.learning_rate
         e1, e2, e3 = self.total_epochs
         stages = [
             Stage(e1, lr, warmup_epochs_for(e1, self.warmup_epochs), _PRETRAIN_DIM, False),
             Stage(e2, lr, 0, self.out_dim, True),
             Stage(
                 e3,
-                lr * _FINETUNE_LR_RATIO,
+                lr * recipe.finetune_lr_ratio,
                 warmup_epochs_for(e3, self.warmup_epochs),
                 self.out_dim,
                 False,
@@ -254,18 +275,27 @@ class TSimCNE(BaseEstimator):
             momentum=self.momentum,
             weight_decay=self.weight_decay,
             grad_clip=self.grad_clip,
+            augment=recipe.augment_config(),
             mixed_precision=self.mixed_precision,
             compile=self.compile_network,
-            verbose=self.verbose,
+            verbose=self._talks(),
         )
 
+    def _talks(self) -> bool:
+        """Whether this process shows progress and warnings (with several, only rank 0)."""
+        return self.verbose and distributed.rank() == 0
+
     def _choose_batch_size(self, n_images: int) -> int:
-        """The batch size asked for, or with "auto" the largest that fits (CUDA) or 512."""
+        """The batch size asked for, or with "auto" the largest that fits (CUDA) or 512.
+
+        With several processes, "auto" is what fits on the smallest device, times their number.
+        """
         if self.batch_size != "auto":
             return self.batch_size
-        cap = min(_MAX_AUTO_BATCH, 2 ** int(math.log2(n_images)))
+        processes = distributed.world_size()
+        cap = min(_MAX_AUTO_BATCH, 2 ** int(math.log2(n_images))) // processes
         if self.device_.type != "cuda":
-            return min(512, cap)
+            return max(1, min(512 // processes, cap)) * processes
         probe = self._build_net(self.channels_, self.device_)
         size = self.image_size_
 
@@ -275,7 +305,8 @@ class TSimCNE(BaseEstimator):
                 probe(views).float().square().mean().backward()
             probe.zero_grad(set_to_none=True)
 
-        return largest_batch_size(one_step, cap)
+        fits = largest_batch_size(one_step, max(2, cap))
+        return int(distributed.agree(fits, self.device_, "min")) * processes
 
     def _keep_data_info(self, store: ImageStore) -> None:
         self.labels_ = store.labels
@@ -311,7 +342,7 @@ class TSimCNE(BaseEstimator):
             range(0, len(images), batch_size),
             desc="placing images",
             unit="batch",
-            disable=not self.verbose or len(images) <= 10 * batch_size,
+            disable=not self._talks() or len(images) <= 10 * batch_size,
         ):
             batch = images[start : start + batch_size].to(self.device_).float() / 255
             out.append(network(batch).float().cpu())
@@ -332,6 +363,8 @@ class TSimCNE(BaseEstimator):
         params["device"] = str(params["device"])
         params["total_epochs"] = list(params["total_epochs"])
         params["checkpoint_dir"] = None
+        if not isinstance(self.recipe, str):
+            params["recipe"] = resolve_recipe(self.recipe).to_json()
         config = {
             "format_version": FORMAT_VERSION,
             "params": params,

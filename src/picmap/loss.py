@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from torch.distributed.nn.functional import all_gather
+from torch.distributed._functional_collectives import all_gather_single_autograd
 
 METRICS = ("cauchy", "cosine")
 
@@ -30,8 +30,8 @@ def _gather_across_processes(z: torch.Tensor) -> tuple[torch.Tensor, int]:
     """All processes' rows, with gradients flowing back to each; and this process's offset."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return z, 0
-    parts = all_gather(z)
-    return torch.cat(parts), dist.get_rank() * len(z)
+    # PyTorch's replacement for torch.distributed.nn.functional.all_gather (deprecated in 2.14).
+    return all_gather_single_autograd(z, 0, dist.group.WORLD), dist.get_rank() * len(z)
 
 
 def info_nce(

@@ -15,11 +15,14 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors.torch import save_file
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
+from . import distributed
 from ._io import atomic_path, read_safetensors
 from .augment import AugmentConfig, augment
 from .data.batches import DeviceBatches
@@ -30,6 +33,11 @@ logger = logging.getLogger("picmap")
 
 CHECKPOINT_FILE = "checkpoint.safetensors"
 _SLOW_FIT_SECONDS = 3600
+# With several processes, they agree on stopping or checkpointing every this many steps (one
+# tiny all-reduce, which makes the host wait for the device, so not on every step).
+_AGREE_EVERY = 10
+# The independent random streams of a run: each is seeded from (seed, stream, position).
+_ORDER, _AUGMENT, _READOUT = range(3)
 
 
 class DivergedError(ValueError):
@@ -99,6 +107,13 @@ def learning_rate(stage: Stage, step: int, steps_per_epoch: int) -> float:
     return stage.lr * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+def stream_seed(seed: int, *position: int) -> int:
+    """A seed for one random stream of a run (e.g. the augmentations of one step of one
+    process), statistically independent of every other position."""
+    words = np.random.SeedSequence(seed, spawn_key=position).generate_state(2, np.uint32)
+    return int(words[0]) << 31 | int(words[1]) >> 1
+
+
 def largest_batch_size(try_step: Callable[[int], None], start: int) -> int:
     """The largest of ``start, start/2, …, 2`` for which ``try_step`` runs out of no GPU memory."""
     batch = start
@@ -138,9 +153,14 @@ def _format_duration(seconds: float) -> str:
 class Trainer:
     """Runs the stages on one device and keeps enough state to resume after a stop.
 
-    A checkpoint holds the model, the optimizer, the random generator and the position down to
-    the step, plus the generator state at the start of the epoch, from which the epoch's
-    shuffling is re-drawn on resume: a resumed run continues exactly as if never stopped.
+    All randomness is drawn from generators seeded by ``seed`` and the position: the image
+    order by (stage, epoch), the augmentations by (stage, epoch, step, process). So a
+    checkpoint needs only the model, the optimizer, the seed and the position down to the
+    step, and a resumed run continues exactly as if never stopped.
+
+    Started by ``torchrun`` (:mod:`picmap.distributed`), each process trains on its share of
+    every batch of ``config.batch_size`` images (which must divide by the number of processes),
+    the network is wrapped in DistributedDataParallel, and only rank 0 writes checkpoints.
     """
 
     def __init__(
@@ -148,7 +168,7 @@ class Trainer:
         net: EmbeddingNet,
         images: torch.Tensor,
         config: TrainConfig,
-        generator: torch.Generator,
+        seed: int,
         checkpoint_dir: str | Path | None = None,
         checkpoint_interval: float = 60.0,
         device: torch.device | str | None = None,
@@ -161,18 +181,23 @@ class Trainer:
         self.net = net.to(memory_format=torch.channels_last) if config.channels_last else net
         self.images = images
         self.device = torch.device(device) if device is not None else images.device
-        self.batches = DeviceBatches(images, self.device, config.batch_size)
+        self.rank = distributed.rank() if distributed.active() else 0
+        self.world_size = distributed.world_size()
+        self.batches = DeviceBatches(
+            images, self.device, config.batch_size, (self.rank, self.world_size)
+        )
         self._autocast = config.mixed_precision and self.device.type == "cuda"
-        self._forward = torch.compile(self.net) if config.compile else self.net
+        self._forward: nn.Module = self.net
         self.config = config
-        self.generator = generator
+        self.seed = seed
+        self._generator = torch.Generator(self.device)
+        self._verbose = config.verbose and self.rank == 0
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else None
         self.checkpoint_interval = checkpoint_interval
         self.progress = Progress(losses=[[] for _ in config.stages])
         self.optimizer: torch.optim.Optimizer | None = None
         self.on_epoch_end: Callable[[Trainer], None] | None = None
         self.stop_requested = False
-        self._epoch_rng = generator.get_state()
         self._last_save = time.monotonic()
         self._estimate_logged = False
 
@@ -200,12 +225,25 @@ class Trainer:
             fused=self.device.type == "cuda",
         )
 
+    def _wrap(self) -> nn.Module:
+        """The network as the training steps call it: distributed and compiled as asked.
+
+        Rebuilt for every stage, as DistributedDataParallel registers the parameters that
+        require gradients when it is built.
+        """
+        net: nn.Module = self.net
+        if self.world_size > 1:
+            on_gpu = self.device.type == "cuda"
+            net = DistributedDataParallel(net, device_ids=[self.device] if on_gpu else None)
+        return torch.compile(net) if self.config.compile else net
+
     def _run_stage(self, index: int) -> None:
         stage = self.config.stages[index]
         if self.net.out_dim != stage.out_dim:
-            self._new_readout(stage.out_dim)
+            self._new_readout(index, stage.out_dim)
         if self.optimizer is None:
             self.optimizer = self._make_optimizer(stage)
+        self._forward = self._wrap()
         self.net.train()
         p = self.progress
         bar = tqdm(
@@ -213,7 +251,7 @@ class Trainer:
             initial=p.epoch * self.steps_per_epoch + p.step,
             desc=f"stage {index + 1}/{len(self.config.stages)}",
             unit="step",
-            disable=not self.config.verbose,
+            disable=not self._verbose,
             dynamic_ncols=True,
             file=sys.stderr,
         )
@@ -235,37 +273,29 @@ class Trainer:
                 if self.on_epoch_end:
                     self.on_epoch_end(self)
 
-    def _new_readout(self, out_dim: int) -> None:
-        """Replace the readout, initialised from the trainer's seeded generator."""
-        seed = torch.randint(2**31, (1,), generator=self.generator, device=self.generator.device)
+    def _new_readout(self, index: int, out_dim: int) -> None:
+        """Replace the readout, initialised from the run's seed (the same in every process)."""
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(int(seed))
+            torch.manual_seed(stream_seed(self.seed, _READOUT, index))
             self.net.replace_readout(out_dim)
 
     def _run_epoch(self, index: int, stage: Stage, bar: tqdm) -> float:
-        cfg, B, p = self.config, self.config.batch_size, self.progress
-        device = self.device
+        cfg, B, p = self.config, self.batches.share, self.progress
+        device, gen = self.device, self._generator
         good_state = {k: v.detach().clone() for k, v in self.net.state_dict().items()}
-        resumed_rng = self.generator.get_state() if p.step else None
-        if resumed_rng is not None:
-            self.generator.set_state(self._epoch_rng)
-        else:
-            self._epoch_rng = self.generator.get_state()
-        order = torch.randperm(
-            len(self.images), generator=self.generator, device=self.generator.device
-        )
-        if resumed_rng is not None:
-            self.generator.set_state(resumed_rng)
-        total = torch.tensor(p.epoch_loss_sum, device=device)
+        gen.manual_seed(stream_seed(self.seed, _ORDER, index, p.epoch))
+        order = torch.randperm(len(self.images), generator=gen, device=device)
+        # The loss summed over this epoch's steps (averaged over processes), in two parts: the
+        # steps before a resume, and this process's steps since.
+        resumed_sum, total = p.epoch_loss_sum, torch.zeros((), device=device)
         params = [q for group in self.optimizer.param_groups for q in group["params"]]
         for batch in self.batches.epoch(order, p.step):
             for group in self.optimizer.param_groups:
                 group["lr"] = learning_rate(
                     stage, p.epoch * self.steps_per_epoch + p.step, self.steps_per_epoch
                 )
-            views = torch.cat(
-                [augment(batch, cfg.image_size, self.generator, cfg.augment) for _ in range(2)]
-            )
+            gen.manual_seed(stream_seed(self.seed, _AUGMENT, index, p.epoch, p.step, self.rank))
+            views = torch.cat([augment(batch, cfg.image_size, gen, cfg.augment) for _ in range(2)])
             if cfg.channels_last:
                 views = views.contiguous(memory_format=torch.channels_last)
             with torch.autocast(device.type, torch.bfloat16, enabled=self._autocast):
@@ -281,15 +311,34 @@ class Trainer:
             bar.update(1)
             if not self._estimate_logged and p.step == min(5, self.steps_per_epoch):
                 self._log_estimate(bar)
-            if self.stop_requested or time.monotonic() - self._last_save > self.checkpoint_interval:
-                p.epoch_loss_sum = float(total)
+            if self._checkpoint_due():
+                p.epoch_loss_sum = resumed_sum + self._mean_over_processes(total)
                 self._check_finite(index, p.epoch_loss_sum, good_state)
                 self.save_checkpoint()
+                resumed_sum, total = p.epoch_loss_sum, torch.zeros((), device=device)
                 if self.stop_requested:
                     raise Interrupted(f"stopped in stage {index + 1}, epoch {p.epoch + 1}")
-        mean = float(total) / self.steps_per_epoch
+        mean = (resumed_sum + self._mean_over_processes(total)) / self.steps_per_epoch
         self._check_finite(index, mean, good_state)
         return mean
+
+    def _checkpoint_due(self) -> bool:
+        """Whether to checkpoint now: on a stop request or when the interval has passed.
+
+        With several processes, they decide together (every ``_AGREE_EVERY`` steps and at the
+        end of an epoch), so that all of them stop or check their weights at the same step.
+        """
+        due = self.stop_requested or time.monotonic() - self._last_save > self.checkpoint_interval
+        if self.world_size == 1:
+            return due
+        step = self.progress.step
+        if step % _AGREE_EVERY and step != self.steps_per_epoch:
+            return False
+        self.stop_requested |= bool(distributed.agree(self.stop_requested, self.device))
+        return bool(distributed.agree(due, self.device))
+
+    def _mean_over_processes(self, value: torch.Tensor) -> float:
+        return distributed.agree(float(value), self.device, "sum") / self.world_size
 
     def _check_finite(self, index: int, loss: float, good_state: dict[str, torch.Tensor]) -> None:
         """Raise DivergedError, restoring ``good_state``, once the loss or a weight is not finite.
@@ -320,22 +369,20 @@ class Trainer:
             for s in self.config.stages
         )
         estimate = per_step * steps
-        _report(
-            f"picmap: estimated training time {_format_duration(estimate)}", self.config.verbose
-        )
+        _report(f"picmap: estimated training time {_format_duration(estimate)}", self._verbose)
         if self.device.type == "cpu" and estimate > _SLOW_FIT_SECONDS:
             _report(
                 "picmap: that is long for a CPU. Faster options: backbone='small', fewer "
                 "total_epochs, or a GPU (device='cuda').",
-                self.config.verbose,
+                self._verbose,
             )
 
     # -- checkpoints ---------------------------------------------------------------------------
 
     def save_checkpoint(self) -> None:
-        """Write model, optimizer, random state and progress to one file, atomically."""
+        """Write model, optimizer, seed and progress to one file, atomically (rank 0 only)."""
         self._last_save = time.monotonic()
-        if self.checkpoint_dir is None:
+        if self.checkpoint_dir is None or self.rank != 0:
             return
         tensors = {f"model.{k}": v.detach().contiguous() for k, v in self.net.state_dict().items()}
         if self.optimizer is not None:
@@ -343,9 +390,11 @@ class Trainer:
                 buf = self.optimizer.state.get(param, {}).get("momentum_buffer")
                 if buf is not None:
                     tensors[f"optim.{i}"] = buf.contiguous()
-        tensors["rng"] = self.generator.get_state()
-        tensors["epoch_rng"] = self._epoch_rng
-        meta = {"progress": json.dumps(asdict(self.progress)), "readout": str(self.net.out_dim)}
+        meta = {
+            "progress": json.dumps(asdict(self.progress)),
+            "readout": str(self.net.out_dim),
+            "seed": str(self.seed),
+        }
         with atomic_path(self.checkpoint_dir / CHECKPOINT_FILE) as tmp:
             save_file({k: v.cpu() for k, v in tensors.items()}, str(tmp), metadata=meta)
 
@@ -353,15 +402,33 @@ class Trainer:
         """Load the checkpoint in ``checkpoint_dir`` if there is one; True when resumed.
 
         Every part of the file is checked against this trainer's network, schedule and data
-        before anything is loaded; a damaged or foreign checkpoint raises ``ValueError``.
+        before anything is loaded; a damaged or foreign checkpoint raises ``ValueError``. With
+        several processes, each reads the file, so on several nodes the folder must be shared.
         """
         path = self.checkpoint_dir / CHECKPOINT_FILE if self.checkpoint_dir else None
-        if path is None or not path.exists():
-            return False
+        resumed = path is not None and path.exists()
+        if resumed:
+            self._load(path)
+        p = self.progress
+        position = (resumed, p.stage, p.epoch, p.step, self.seed)
+        if any(
+            distributed.agree(v, self.device, "min") != distributed.agree(v, self.device, "max")
+            for v in position
+        ):
+            raise ValueError(
+                f"the processes found different checkpoints in {self.checkpoint_dir}: with "
+                "several nodes, the output folder must be on a file system that all of them share"
+            )
+        return resumed
+
+    def _load(self, path: Path) -> None:
         tensors, meta = read_safetensors(path, _START_AFRESH)
-        if {"progress", "readout"} - set(meta) or {"rng", "epoch_rng"} - set(tensors):
+        if {"progress", "readout", "seed"} - set(meta):
             raise ValueError(f"{path} is not a picmap checkpoint; {_START_AFRESH}")
         progress, readout = self._checked_progress(path, meta)
+        seed = meta["seed"]
+        if not seed.isdecimal() or int(seed) >= 2**63:
+            raise _unfit(path, f"its seed {seed!r} is not a whole number below 2**63")
         if readout != self.net.out_dim:
             self.net.replace_readout(readout)
         model_state = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
@@ -374,22 +441,14 @@ class Trainer:
         params = optimizer.param_groups[0]["params"] if optimizer else []
         buffers = {f"optim.{i}": param for i, param in enumerate(params)}
         for name, value in tensors.items():
-            known = name.startswith("model.") or name in ("rng", "epoch_rng")
+            known = name.startswith("model.")
             if not known and (name not in buffers or buffers[name].shape != value.shape):
                 raise _unfit(path, f"its tensor {name!r} is unknown or of the wrong shape")
-        scratch = torch.Generator(self.generator.device)
-        for name in ("epoch_rng", "rng"):
-            try:
-                scratch.set_state(tensors[name])
-            except RuntimeError as err:
-                raise _unfit(path, f"its generator state {name!r} is damaged ({err})") from None
         self.net.load_state_dict(model_state)
         for name, param in buffers.items():
             if name in tensors:
                 optimizer.state[param]["momentum_buffer"] = tensors[name].to(param.device)
-        self.generator.set_state(tensors["rng"])
-        self.optimizer, self.progress, self._epoch_rng = optimizer, progress, tensors["epoch_rng"]
-        return True
+        self.optimizer, self.progress, self.seed = optimizer, progress, int(seed)
 
     def _checked_progress(self, path: Path, meta: dict[str, str]) -> tuple[Progress, int]:
         """The position a checkpoint stopped at, refused unless this schedule has it."""

@@ -10,19 +10,36 @@ import torch
 class DeviceBatches:
     """Serve the batches of an epoch on ``device``.
 
+    With ``part=(rank, parts)`` each batch of ``batch_size`` images is split into ``parts``
+    equal shares and this process gets share ``rank``: processes that walk the same order
+    together see every image of a batch exactly once.
+
     When the images already live on ``device`` a batch is one indexing operation. Otherwise
     (the data does not fit in GPU memory) each batch is gathered on the host into one of two
     pinned buffers and copied asynchronously, one step ahead, so the copy overlaps the
     previous step's compute and the GPU does not wait.
     """
 
-    def __init__(self, images: torch.Tensor, device: torch.device, batch_size: int) -> None:
+    def __init__(
+        self,
+        images: torch.Tensor,
+        device: torch.device,
+        batch_size: int,
+        part: tuple[int, int] = (0, 1),
+    ) -> None:
+        rank, parts = part
+        if batch_size % parts:
+            raise ValueError(
+                f"batch_size={batch_size} must be divisible by the number of processes ({parts})"
+            )
         self.images = images
         self.device = torch.device(device)
         self.batch_size = batch_size
+        self.share = batch_size // parts
+        self._offset = rank * self.share
         self.streaming = images.device != self.device
         pin = self.streaming and self.device.type == "cuda"
-        shape = (batch_size, *images.shape[1:])
+        shape = (self.share, *images.shape[1:])
         self._buffers = [torch.empty(shape, dtype=torch.uint8, pin_memory=pin) for _ in range(2)]
         self._copied = [None, None]
 
@@ -34,7 +51,7 @@ class DeviceBatches:
         if not self.streaming:
             order = order.to(self.images.device)
             for step in range(start, len(self)):
-                yield self.images[order[step * self.batch_size : (step + 1) * self.batch_size]]
+                yield self.images[self._indices(order, step)]
             return
         order = order.cpu()
         ahead = self._send(order, start) if start < len(self) else None
@@ -43,12 +60,15 @@ class DeviceBatches:
             ahead = self._send(order, step + 1) if step + 1 < len(self) else None
             yield current
 
+    def _indices(self, order: torch.Tensor, step: int) -> torch.Tensor:
+        first = step * self.batch_size + self._offset
+        return order[first : first + self.share]
+
     def _send(self, order: torch.Tensor, step: int) -> torch.Tensor:
         slot = step % 2
         if self._copied[slot] is not None:
             self._copied[slot].synchronize()  # the buffer's previous copy has finished
-        index = order[step * self.batch_size : (step + 1) * self.batch_size]
-        torch.index_select(self.images, 0, index, out=self._buffers[slot])
+        torch.index_select(self.images, 0, self._indices(order, step), out=self._buffers[slot])
         batch = self._buffers[slot].to(self.device, non_blocking=True)
         if self.device.type == "cuda":
             self._copied[slot] = torch.cuda.Event()

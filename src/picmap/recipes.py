@@ -1,0 +1,66 @@
+"""Training recipes: the paper's settings, and picmap's for short runs.
+
+A recipe fixes what the estimator's parameters leave open: the learning-rate rule, how fast
+stage 3 fine-tunes, and the augmentation strength. ``benchmarks/RESULTS.md`` has the
+experiments behind picmap's recipe.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+from .augment import AugmentConfig
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Settings of a training recipe."""
+
+    # Learning rate per 256 images in a batch (the "auto" learning rate scales it linearly).
+    lr_per_256: float = 0.03
+    # Stage 3 (fine-tuning everything) runs at this fraction of the stage-1 learning rate.
+    finetune_lr_ratio: float = 1e-3
+    # Smallest and largest area fraction of a random crop.
+    crop_scale: tuple[float, float] = (0.2, 1.0)
+
+    def __post_init__(self) -> None:
+        for name in ("lr_per_256", "finetune_lr_ratio"):
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or isinstance(value, bool) or not value > 0:
+                raise ValueError(f"recipe {name}={value!r} must be a positive number")
+        low, high = self.crop_scale
+        if not 0 < low <= high <= 1:
+            raise ValueError(f"recipe crop_scale={self.crop_scale!r} needs 0 < low ≤ high ≤ 1")
+        object.__setattr__(self, "crop_scale", (float(low), float(high)))
+
+    def augment_config(self) -> AugmentConfig:
+        """The augmentations this recipe trains with."""
+        return AugmentConfig(crop_scale=self.crop_scale)
+
+    def to_json(self) -> dict:
+        """A JSON-ready dict (the inverse of :func:`resolve_recipe` on a dict)."""
+        return {**asdict(self), "crop_scale": list(self.crop_scale)}
+
+
+RECIPES = {
+    # Böhm, Berens & Kobak (ICLR 2023): lr 0.03 × batch/256, stage 3 at lr/1000.
+    "paper": Recipe(),
+    "picmap": Recipe(),
+}
+
+
+def resolve_recipe(recipe: str | Recipe | dict) -> Recipe:
+    """The recipe named (or given, or described by a dict from :meth:`Recipe.to_json`)."""
+    if isinstance(recipe, Recipe):
+        return recipe
+    if isinstance(recipe, dict):
+        known = {f.name for f in fields(Recipe)}
+        if not set(recipe) <= known:
+            raise ValueError(f"recipe has unknown settings {sorted(set(recipe) - known)}")
+        try:
+            return Recipe(**{k: tuple(v) if k == "crop_scale" else v for k, v in recipe.items()})
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"recipe {recipe!r} is not valid: {err}") from None
+    if recipe not in RECIPES:
+        raise ValueError(f"recipe={recipe!r} is not known; use one of {sorted(RECIPES)}")
+    return RECIPES[recipe]
