@@ -1,7 +1,11 @@
 """Data-parallel training: 2 processes × batch B train the same objective as 1 process × 2B."""
 
+import json
 import os
 import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,6 +13,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+import picmap.distributed
 import picmap.loss
 from picmap.augment import AugmentConfig
 from picmap.data.batches import DeviceBatches
@@ -192,3 +197,45 @@ def test_each_process_gets_its_share_and_a_batch_is_covered_once():
         assert together.tolist() == order[step * 8 : (step + 1) * 8].tolist()
     with pytest.raises(ValueError, match="batch_size=9 must be divisible by the number of proc"):
         DeviceBatches(images, torch.device("cpu"), 9, (0, 2))
+
+
+# -- torchrun, end to end ------------------------------------------------------------------------
+
+FIT_DIGITS = ["fit", "digits", "--epochs", "8,2,4", "--batch-size", "128", "--backbone", "small"]
+FIT_DIGITS += ["--device", "cpu", "--quiet", "--seed", "1"]
+
+
+def _fit(out: Path, launcher: list[str]) -> dict:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [*launcher, "-m", "picmap", *FIT_DIGITS, "--out", str(out)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads((out / "metrics.json").read_text())
+
+
+def test_torchrun_fits_digits_as_well_as_one_process(tmp_path):
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    two = _fit(tmp_path / "two", [*torchrun, "--nproc_per_node=2"])
+    one = _fit(tmp_path / "one", [sys.executable])
+    assert (two["processes"], one["processes"]) == (2, 1)
+    assert two["knn_accuracy"] > 0.4  # chance is 0.1
+    assert two["knn_accuracy"] > one["knn_accuracy"] - 0.08
+    assert not (tmp_path / "two" / "checkpoint.safetensors").exists()
+    assert len(np.load(tmp_path / "two" / "embedding.npy")) == 1797
+    accuracies = two["knn_accuracy"], one["knn_accuracy"]
+    print("\nkNN accuracy: 2 processes {:.3f}, 1 process {:.3f}".format(*accuracies))
+
+
+def test_sync_batchnorm_on_cpus_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr(picmap.distributed, "active", lambda: True)
+    monkeypatch.setattr(picmap.distributed, "world_size", lambda: 2)
+    monkeypatch.setattr(picmap.distributed, "rank", lambda: 0)
+    config = TrainConfig(STAGES, BATCH, image_size=8, sync_batchnorm=True, verbose=False)
+    net = EmbeddingNet(torch.nn.Sequential(torch.nn.BatchNorm2d(1), torch.nn.Flatten()), 64, 8, 8)
+    with pytest.raises(ValueError, match="sync_batchnorm needs GPUs"):
+        Trainer(net, torch.zeros(N_IMAGES, 1, 8, 8, dtype=torch.uint8), config, 0)

@@ -155,3 +155,23 @@ def test_largest_batch_size_halves_until_the_step_fits():
 
     assert largest_batch_size(step, 2048) == 256
     assert tried == [2048, 1024, 512, 256]
+
+
+def test_pca_readout_starts_the_map_as_the_pca_of_the_previous_output():
+    stages = [Stage(2, 0.05, 0, 128, False), Stage(0, 0.05, 0, 2, True)]
+    trainer = Trainer(_net(), _images(), _config(stages, readout_init="pca"), 0)
+    inputs = _images().float() / 255
+    before = {}
+
+    def keep_output(t: Trainer) -> None:
+        before["z"] = t.net.eval()(inputs).detach()
+        t.net.train()
+
+    trainer.on_epoch_end = keep_output
+    trainer.run()
+    after = trainer.net.eval()(inputs).detach()
+    centred = before["z"] - before["z"].mean(0)
+    expected = centred @ torch.linalg.svd(centred, full_matrices=False).Vh[:2].T
+    signs = torch.sign((after * expected).sum(0))  # principal axes are defined up to sign
+    torch.testing.assert_close(after, expected * signs, atol=1e-4, rtol=1e-4)
+    assert after.var(0)[0] > after.var(0)[1] > 0  # the first axis carries the most variance

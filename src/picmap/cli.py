@@ -15,7 +15,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from . import outputs
+from . import distributed, outputs
 from ._io import displayable, remove_stale_temporary_files, write_text_atomic
 from .baselines import check_installed, run_baselines
 from .data import datasets
@@ -24,6 +24,7 @@ from .data.store import ImageStore
 from .discover import DUPLICATE_THRESHOLD, Discoveries, discover
 from .estimator import TSimCNE, resolve_device
 from .evaluate import Embedding, K, Report, Score, quality_report
+from .recipes import RECIPES
 from .train import CHECKPOINT_FILE, DivergedError, Interrupted
 
 RUN_JSON = "run.json"
@@ -180,9 +181,21 @@ def main() -> None:
     "learning_rate",
     type=float,
     default=None,
-    help="Learning rate [default: 0.03 × batch / 256].",
+    help="Learning rate [default: the recipe's, proportional to the batch size].",
+)
+@click.option(
+    "--recipe",
+    type=click.Choice(sorted(RECIPES)),
+    default="picmap",
+    show_default=True,
+    help="'picmap': tuned for short runs; 'paper': the published t-SimCNE recipe.",
 )
 @click.option("--device", default="auto", show_default=True, help="cuda, mps, cpu or auto.")
+@click.option(
+    "--sync-batchnorm",
+    is_flag=True,
+    help="Under torchrun on GPUs: BatchNorm statistics over the global batch.",
+)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option(
     "--image-size",
@@ -216,13 +229,18 @@ def fit(source: str, out: str, resume: bool, quiet: bool, **options) -> None:
     DIR receives embedding.csv/.npy, model.safetensors + config.json, map.png,
     thumbnails.png, explorer.html, metrics.json and run.log. A checkpoint is written every
     --checkpoint-every seconds and on Ctrl-C; `--resume` continues from it.
+
+    Under `torchrun --nproc_per_node=N` the fit runs data-parallel on N devices, with
+    --batch-size as the global batch; only rank 0 writes to DIR.
     """
     out_dir = Path(out)
+    writer = distributed.rank() == 0
     if resume:
         settings = _resumed_settings(out_dir)
         finished = (out_dir / outputs.METRICS_JSON).exists()
         if finished and not (out_dir / CHECKPOINT_FILE).exists():
-            click.echo(f"picmap: the run in {out_dir} is already finished; nothing to resume")
+            if writer:
+                click.echo(f"picmap: the run in {out_dir} is already finished; nothing to resume")
             return
     else:
         if (out_dir / CHECKPOINT_FILE).exists():
@@ -230,16 +248,17 @@ def fit(source: str, out: str, resume: bool, quiet: bool, **options) -> None:
                 f"{out_dir} holds an unfinished run: add --resume, or choose a new --out"
             )
         settings = {"source": source, **options}
-    handler = _start_log(out_dir)
+    handler = _start_log(out_dir) if writer else None
     try:
         with _warnings_as_messages():
-            _fit(out_dir, settings, verbose=not quiet)
+            _fit(out_dir, settings, verbose=not quiet and writer, writer=writer)
     except Interrupted:
         again = shlex.join(["picmap", "fit", source, "--out", out, "--resume"])
-        click.echo(
-            f"\npicmap: stopped; checkpoint saved. Continue with: {displayable(again)}",
-            err=True,
-        )
+        if writer:
+            click.echo(
+                f"\npicmap: stopped; checkpoint saved. Continue with: {displayable(again)}",
+                err=True,
+            )
         sys.exit(130)
     except KeyboardInterrupt:
         click.echo("\npicmap: stopped.", err=True)
@@ -251,7 +270,8 @@ def fit(source: str, out: str, resume: bool, quiet: bool, **options) -> None:
     except (ValueError, TypeError, OSError) as err:
         raise CliError(_error_text(err)) from None
     finally:
-        _stop_log(handler)
+        if handler:
+            _stop_log(handler)
 
 
 def _resumed_settings(out_dir: Path) -> dict:
@@ -279,7 +299,8 @@ def _resumed_settings(out_dir: Path) -> dict:
     return settings
 
 
-def _fit(out_dir: Path, settings: dict, verbose: bool) -> None:
+def _fit(out_dir: Path, settings: dict, verbose: bool, writer: bool) -> None:
+    """Fit and write every output; a process other than rank 0 (``writer``) only trains."""
     store = _load_source(
         settings["source"], settings["root"], settings["split"], settings["download"], verbose
     )
@@ -290,14 +311,17 @@ def _fit(out_dir: Path, settings: dict, verbose: bool) -> None:
     if backbone == "auto":
         backbone = "resnet18" if on_gpu else "small"
     batch_size = settings["batch_size"] or _default_batch(len(store))
-    write_text_atomic(out_dir / RUN_JSON, json.dumps(settings, indent=2))
+    if writer:
+        write_text_atomic(out_dir / RUN_JSON, json.dumps(settings, indent=2))
     model = TSimCNE(
         backbone,
         out_dim=settings["out_dim"],
         total_epochs=list(epochs),
         batch_size=batch_size,
         learning_rate=settings["learning_rate"] or "auto",
+        recipe=settings["recipe"],
         device=settings["device"],
+        sync_batchnorm=settings["sync_batchnorm"],
         seed=settings["seed"],
         verbose=verbose,
         checkpoint_dir=out_dir,
@@ -306,15 +330,19 @@ def _fit(out_dir: Path, settings: dict, verbose: bool) -> None:
     started = time.perf_counter()
     Y = model.fit_transform(store)
     seconds = time.perf_counter() - started
+    if not writer:
+        return
     model.save(out_dir)
     _write_views(out_dir, Y, store, verbose)
     metrics = {
         "images": len(store),
         "image_size": store.image_size,
         "backbone": backbone,
+        "recipe": settings["recipe"],
         "total_epochs": list(epochs),
         "batch_size": batch_size,
         "device": str(model.device_),
+        "processes": distributed.launched_processes(),
         "fit_seconds": round(seconds, 2),
         "loss_per_epoch": model.loss_history_,
         **outputs.quality_metrics(Y, store),

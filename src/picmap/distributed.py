@@ -16,9 +16,14 @@ import torch
 import torch.distributed as dist
 
 
+def launched_processes() -> int:
+    """How many processes ``torchrun`` started together (1 without torchrun)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def launched() -> bool:
     """True in a process that ``torchrun`` started as one of several."""
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+    return launched_processes() > 1
 
 
 def active() -> bool:

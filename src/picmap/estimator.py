@@ -110,6 +110,9 @@ class TSimCNE(BaseEstimator):
         The learning-rate rule, the stage-3 learning rate and the augmentation strength
         (:mod:`picmap.recipes`). "paper" is the published t-SimCNE recipe; "picmap" is tuned
         for short runs (see ``benchmarks/RESULTS.md``).
+    sync_batchnorm : bool
+        When training on several GPUs (``torchrun``), compute BatchNorm statistics over the
+        global batch instead of each GPU's share.
     """
 
     def __init__(
@@ -137,6 +140,7 @@ class TSimCNE(BaseEstimator):
         mixed_precision: bool = True,
         compile_network: bool = False,
         recipe: str | Recipe = "picmap",
+        sync_batchnorm: bool = False,
     ) -> None:
         self.backbone = backbone
         self.feature_dim = feature_dim
@@ -160,6 +164,7 @@ class TSimCNE(BaseEstimator):
         self.mixed_precision = mixed_precision
         self.compile_network = compile_network
         self.recipe = recipe
+        self.sync_batchnorm = sync_batchnorm
 
     # -- fitting -------------------------------------------------------------------------------
 
@@ -276,8 +281,10 @@ class TSimCNE(BaseEstimator):
             weight_decay=self.weight_decay,
             grad_clip=self.grad_clip,
             augment=recipe.augment_config(),
+            readout_init=recipe.readout_init,
             mixed_precision=self.mixed_precision,
             compile=self.compile_network,
+            sync_batchnorm=self.sync_batchnorm,
             verbose=self._talks(),
         )
 

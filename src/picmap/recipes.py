@@ -11,6 +11,8 @@ from dataclasses import asdict, dataclass, fields
 
 from .augment import AugmentConfig
 
+READOUT_INITS = ("random", "pca")
+
 
 @dataclass(frozen=True)
 class Recipe:
@@ -22,6 +24,8 @@ class Recipe:
     finetune_lr_ratio: float = 1e-3
     # Smallest and largest area fraction of a random crop.
     crop_scale: tuple[float, float] = (0.2, 1.0)
+    # The 2-D readout of stage 2 starts "random" or as the "pca" of the 128-D output.
+    readout_init: str = "random"
 
     def __post_init__(self) -> None:
         for name in ("lr_per_256", "finetune_lr_ratio"):
@@ -32,6 +36,10 @@ class Recipe:
         if not 0 < low <= high <= 1:
             raise ValueError(f"recipe crop_scale={self.crop_scale!r} needs 0 < low ≤ high ≤ 1")
         object.__setattr__(self, "crop_scale", (float(low), float(high)))
+        if self.readout_init not in READOUT_INITS:
+            raise ValueError(
+                f"recipe readout_init={self.readout_init!r} is not one of {READOUT_INITS}"
+            )
 
     def augment_config(self) -> AugmentConfig:
         """The augmentations this recipe trains with."""

@@ -38,6 +38,8 @@ _SLOW_FIT_SECONDS = 3600
 _AGREE_EVERY = 10
 # The independent random streams of a run: each is seeded from (seed, stream, position).
 _ORDER, _AUGMENT, _READOUT = range(3)
+# Images whose outputs give the principal axes of a "pca" readout, and how many per forward pass.
+_PCA_SAMPLE, _PCA_CHUNK = 4096, 256
 
 
 class DivergedError(ValueError):
@@ -74,6 +76,10 @@ class TrainConfig:
     mixed_precision: bool = True
     # torch.compile the network (CUDA: fewer kernel launches; off by default on the CPU).
     compile: bool = False
+    # With several processes on GPUs: BatchNorm statistics over the global batch.
+    sync_batchnorm: bool = False
+    # A new readout starts "random" (PyTorch's default) or as the "pca" of the current output.
+    readout_init: str = "random"
     verbose: bool = True
 
 
@@ -183,6 +189,13 @@ class Trainer:
         self.device = torch.device(device) if device is not None else images.device
         self.rank = distributed.rank() if distributed.active() else 0
         self.world_size = distributed.world_size()
+        if config.sync_batchnorm and self.world_size > 1:
+            if self.device.type != "cuda":
+                raise ValueError(
+                    "sync_batchnorm needs GPUs (PyTorch's SyncBatchNorm runs on CUDA only); "
+                    "turn it off to train on CPUs"
+                )
+            self.net = nn.SyncBatchNorm.convert_sync_batchnorm(self.net)
         self.batches = DeviceBatches(
             images, self.device, config.batch_size, (self.rank, self.world_size)
         )
@@ -274,10 +287,38 @@ class Trainer:
                     self.on_epoch_end(self)
 
     def _new_readout(self, index: int, out_dim: int) -> None:
-        """Replace the readout, initialised from the run's seed (the same in every process)."""
+        """Replace the readout, initialised from the run's seed (the same in every process).
+
+        With ``readout_init="pca"`` the new readout maps to the principal axes of the current
+        output, so the new map starts as the PCA of the old embedding instead of a random view.
+        """
+        pca = self._principal_readout(index, out_dim) if self.config.readout_init == "pca" else None
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(stream_seed(self.seed, _READOUT, index))
             self.net.replace_readout(out_dim)
+        if pca is not None:
+            readout = self.net.head.readout
+            with torch.no_grad():
+                readout.weight.copy_(pca[0])
+                readout.bias.copy_(pca[1])
+
+    @torch.no_grad()
+    def _principal_readout(self, index: int, out_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Weight and bias that project the current output, centred, onto its top axes."""
+        gen = self._generator.manual_seed(stream_seed(self.seed, _READOUT, index))
+        sample = torch.randperm(len(self.images), generator=gen, device=self.device)[:_PCA_SAMPLE]
+        was_training = self.net.training
+        self.net.eval()
+        outputs = [
+            self.net(self.images[chunk.to(self.images.device)].to(self.device).float() / 255)
+            for chunk in sample.split(_PCA_CHUNK)
+        ]
+        self.net.train(was_training)
+        z = torch.cat(outputs).float()
+        centre = z.mean(0)
+        axes = torch.linalg.svd(z - centre, full_matrices=False).Vh[:out_dim]
+        old = self.net.head.readout
+        return axes @ old.weight, axes @ (old.bias - centre)
 
     def _run_epoch(self, index: int, stage: Stage, bar: tqdm) -> float:
         cfg, B, p = self.config, self.batches.share, self.progress
