@@ -6,8 +6,8 @@
 set -euo pipefail
 pip install -q -e . 2>/dev/null || pip install -q --no-deps -e .
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
-echo "== throughput (with and without torch.compile): 60,000 CIFAR-shaped images, ResNet-18, batch 512"
-python benchmarks/throughput.py --epochs 2 --workers 12 --compile
+echo "== throughput (plain, torch.compile, data-parallel path): 60,000 CIFAR-shaped images, ResNet-18, batch 512"
+python benchmarks/throughput.py --epochs 2 --workers 12 --compile --ddp
 echo "== quality: bf16 vs fp32, Fashion-MNIST 10k subset, ResNet-18, 40,5,15 epochs"
 for precision in "" "--fp32"; do
   python benchmarks/quality.py --backbone resnet18 --epochs 40,5,15 --device cuda \

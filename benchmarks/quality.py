@@ -11,6 +11,7 @@ images and scored on the 10,000 test images; with ``--subset N``, a stratified N
 the 70,000 that keeps the train/test proportions (to check the protocol quickly).
 
     python benchmarks/quality.py                      # 10k subset, CPU-sized schedule
+    python benchmarks/quality.py --recipes paper,picmap --no-baselines   # the recipes side by side
     python benchmarks/quality.py --full --subset 2000 --epochs 2,1,1   # a quick check
     python benchmarks/quality.py --full --device cuda --backbone resnet18 --epochs 200,10,40
 """
@@ -26,6 +27,7 @@ from sklearn.model_selection import train_test_split
 from picmap import TSimCNE, datasets
 from picmap.baselines import run_baselines
 from picmap.evaluate import Embedding, quality_report
+from picmap.recipes import RECIPES
 
 DEFAULT_SUBSET = 10_000
 
@@ -54,10 +56,13 @@ def load_data(
     return images, labels, is_test if full else None
 
 
-def run_picmap(images: np.ndarray, args: argparse.Namespace) -> tuple[Embedding, Embedding]:
-    """Fit picmap; return its map (timed) and its backbone's features."""
+def run_picmap(
+    images: np.ndarray, recipe: str, args: argparse.Namespace
+) -> tuple[Embedding, Embedding]:
+    """Fit picmap with ``recipe``; return its map (timed) and its backbone's features."""
     model = TSimCNE(
         args.backbone,
+        recipe=recipe,
         total_epochs=[int(e) for e in args.epochs.split(",")],
         batch_size=args.batch_size,
         learning_rate=args.lr or "auto",
@@ -70,7 +75,8 @@ def run_picmap(images: np.ndarray, args: argparse.Namespace) -> tuple[Embedding,
     Y = model.fit_transform(images)
     seconds = time.perf_counter() - started
     precision = "fp32" if args.fp32 else "auto"
-    the_map = Embedding(f"picmap {args.backbone} {args.epochs} {precision}", Y, seconds)
+    name = f"picmap {recipe} recipe, {args.backbone} {args.epochs} {precision}"
+    the_map = Embedding(name, Y, seconds)
     return the_map, Embedding("backbone features", model.features(images))
 
 
@@ -84,6 +90,12 @@ def main() -> None:
         help=f"images to use [default: {DEFAULT_SUBSET:,}, or all 70,000 with --full]",
     )
     parser.add_argument("--epochs", default="12,2,6", help="picmap's three stage lengths")
+    parser.add_argument(
+        "--recipes",
+        default="picmap",
+        help=f"comma-separated recipes to fit, side by side ({', '.join(RECIPES)}); the "
+        "first one's features are the ones scored",
+    )
     parser.add_argument("--backbone", default="small")
     parser.add_argument("--batch-size", type=int, default=512)
     parser.add_argument("--lr", type=float, default=None)
@@ -97,8 +109,11 @@ def main() -> None:
     args = parser.parse_args()
 
     images, labels, held_out = load_data(args.full, args.subset, args.seed)
-    the_map, features = run_picmap(images, args)
-    baselines = [] if args.no_baselines else run_baselines(images, features.coords, seed=args.seed)
+    recipes = args.recipes.split(",")
+    the_map, features = run_picmap(images, recipes[0], args)
+    baselines = [run_picmap(images, recipe, args)[0] for recipe in recipes[1:]]
+    if not args.no_baselines:
+        baselines += run_baselines(images, features.coords, seed=args.seed)
     report = quality_report(
         the_map, features, labels, baselines=baselines, test_mask=held_out, seed=args.seed
     )

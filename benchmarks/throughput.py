@@ -8,16 +8,23 @@ autocast and channels_last. One run prints both and their ratio.
 
     python benchmarks/throughput.py                 # full: 60,000 images, ResNet-18, batch 512
     python benchmarks/throughput.py --small         # CPU smoke run, under 2 minutes
+    python benchmarks/throughput.py --ddp           # also picmap through the torchrun path
+
+``--ddp`` adds a row for picmap in a one-process group (DistributedDataParallel, the gathering
+loss and the processes' agreement steps): the overhead of the data-parallel path on one device.
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
+import os
 import resource
+import socket
 import time
 
 import torch
+import torch.distributed as dist
 import torchvision.transforms.v2 as T
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.flop_counter import FlopCounterMode
@@ -80,12 +87,25 @@ def peak_memory_gb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB → GiB, whole process
 
 
+def time_parallel_picmap(images: torch.Tensor, args, device: torch.device) -> float:
+    """Images per second of picmap's trainer on the data-parallel path, in one process."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=0, world_size=1)
+    try:
+        return time_picmap(images, args, device)
+    finally:
+        dist.destroy_process_group()
+
+
 def time_picmap(images: torch.Tensor, args, device: torch.device, compile: bool = False) -> float:
     """Images per second of picmap's trainer, measured after a warm-up epoch."""
     net = build_net(args.backbone, device)
     stage = Stage(args.epochs + 1, 0.06, 0, 128, False)
     config = TrainConfig([stage], args.batch_size, images.shape[-1], verbose=False, compile=compile)
-    trainer = Trainer(net, images.to(device), config, torch.Generator(device).manual_seed(0))
+    trainer = Trainer(net, images.to(device), config, 0)
     stamps = []
 
     def stamp(_: Trainer) -> None:
@@ -141,6 +161,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=8)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--compile", action="store_true", help="also time picmap + torch.compile")
+    parser.add_argument("--ddp", action="store_true", help="also time the data-parallel path")
     args = parser.parse_args()
     if args.small:
         args.images, args.backbone, args.batch_size, args.epochs, args.workers = (
@@ -162,6 +183,8 @@ def main() -> None:
     timers = [("picmap", time_picmap), ("conventional", time_conventional)]
     if args.compile:
         timers.insert(1, ("picmap+compile", functools.partial(time_picmap, compile=True)))
+    if args.ddp:
+        timers.insert(1, ("picmap DDP×1", time_parallel_picmap))
     for label, timer in timers:
         reset_memory(device)
         rate = timer(images, args, device)

@@ -315,8 +315,8 @@ def _wait_for(proc: subprocess.Popen, out: Path, target: int, timeout: float = 1
 @pytest.mark.slow
 @POSIX
 def test_killed_runs_resume_to_the_same_map(tmp_path):
-    """SIGKILL at random moments in every stage and while writing outputs, one Ctrl-C; then
-    the resumed run's losses and map equal those of an uninterrupted run with the same seed."""
+    """SIGKILL at random moments in every stage and while writing outputs, one Ctrl-C and one
+    SIGTERM; then the resumed run's losses and map equal an uninterrupted run with the same seed."""
     started = time.monotonic()
     images, labels = datasets.load("digits")
     source = tmp_path / "digits.npz"
@@ -341,7 +341,14 @@ def test_killed_runs_resume_to_the_same_map(tmp_path):
     proc.send_signal(signal.SIGINT)  # Ctrl-C: save a checkpoint and exit 130
     assert proc.wait(timeout=60) == 130
     assert "checkpoint saved" in out.with_suffix(".stderr").read_text()
-    resumed_at, kills, temporary = [_position(_progress(out))], 0, 0
+    resumed_at = [_position(_progress(out))]
+    proc = start(out, resume=True)
+    assert _wait_for(proc, out, resumed_at[0] + rng.randint(2, 4))
+    proc.send_signal(signal.SIGTERM)  # as torchrun or a batch scheduler stops a run
+    assert proc.wait(timeout=60) == 130
+    assert out.with_suffix(".stderr").read_text().count("checkpoint saved") == 2
+    resumed_at.append(_position(_progress(out)))
+    kills, temporary = 0, 0
     for low, high, mid_write in KILL_WINDOWS:
         proc = start(out, resume=True)
         reached = _wait_for(proc, out, rng.randint(low, high))
@@ -371,7 +378,7 @@ def test_killed_runs_resume_to_the_same_map(tmp_path):
     Y = np.load(out / "embedding.npy")
     assert np.allclose(Y, np.load(tmp_path / "straight" / "embedding.npy"), atol=1e-4)
     print(
-        f"\n{kills} kills + 1 Ctrl-C survived, resumed at steps {resumed_at}, "
+        f"\n{kills} kills + 1 Ctrl-C + 1 SIGTERM survived, resumed at steps {resumed_at}, "
         f"{temporary} stale temporary files seen, 0 files lost, "
         f"{time.monotonic() - started:.0f} s"
     )

@@ -19,6 +19,7 @@ from . import distributed, outputs
 from ._io import displayable, remove_stale_temporary_files, write_text_atomic
 from .baselines import check_installed, run_baselines
 from .data import datasets
+from .data.packed import is_packed, open_packed, pack
 from .data.sources import to_store
 from .data.store import ImageStore
 from .discover import DUPLICATE_THRESHOLD, Discoveries, discover
@@ -50,6 +51,8 @@ def _error_text(err: Exception) -> str:
 def _load_source(source: str, root: str | None, split: str, download: bool, verbose: bool):
     """Turn SOURCE (a path or a dataset name) into an ImageStore."""
     path = Path(source)
+    if is_packed(path):
+        return open_packed(path)
     if path.suffix in (".npy", ".npz") and path.is_file():
         return _load_array_file(path, verbose)
     if path.exists():
@@ -381,6 +384,38 @@ def _write_explorer(
         images=store.images,
         lists=lists,
     )
+
+
+@main.command(name="pack")
+@click.argument("source")
+@click.argument("out", type=click.Path(dir_okay=False))
+@click.option(
+    "--image-size",
+    type=int,
+    default=None,
+    help="Side of the square images [default: the data's own size].",
+)
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def pack_images(source: str, out: str, image_size: int | None, quiet: bool) -> None:
+    """Decode SOURCE (a folder of images, a .npy/.npz file or a dataset name) once into OUT.npy.
+
+    OUT.npy holds the images as one uint8 array and OUT.json their labels and file names.
+    `picmap fit OUT.npy` memory-maps it: a folder is decoded a chunk at a time, the images
+    need not fit in memory, and processes under torchrun share one copy via the page cache.
+    """
+    if not out.endswith(".npy"):
+        raise CliError(f"OUT {out!r} must end in .npy")
+    try:
+        with _warnings_as_messages():
+            path = Path(source)
+            data = path if path.is_dir() else _load_source(source, None, "all", False, not quiet)
+            pack(data, out, image_size=image_size, verbose=not quiet)
+        shape = np.load(out, mmap_mode="r", allow_pickle=False).shape
+    except (ValueError, TypeError, OSError) as err:
+        raise CliError(_error_text(err)) from None
+    if not quiet:
+        size = "×".join(str(side) for side in shape[1:])
+        click.echo(f"picmap: packed {shape[0]} images ({size}) into {out}", err=True)
 
 
 @main.command()

@@ -27,8 +27,8 @@ def launched() -> bool:
 
 
 def active() -> bool:
-    """True while this process belongs to a process group of more than one process."""
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    """True while this process belongs to a process group (training takes the parallel path)."""
+    return dist.is_available() and dist.is_initialized()
 
 
 def rank() -> int:

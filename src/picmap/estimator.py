@@ -204,7 +204,7 @@ class TSimCNE(BaseEstimator):
             trainer.on_epoch_end = on_epoch_end
             trainer.resume()
             self.seed_ = trainer.seed  # a resumed run keeps the seed it started with
-            with _stop_on_sigint(trainer):
+            with _stop_on_signal(trainer):
                 self.loss_history_ = trainer.run()
         self._keep_data_info(store)
         self.embedding_ = self._embed(store)
@@ -490,32 +490,42 @@ def _check_weights_match(path: Path, weights: dict[str, torch.Tensor], model: TS
 
 
 @contextlib.contextmanager
-def _stop_on_sigint(trainer: Trainer) -> Iterator[None]:
-    """With a checkpoint folder, Ctrl-C asks the trainer to save and stop (a second one kills)."""
+def _stop_on_signal(trainer: Trainer) -> Iterator[None]:
+    """With a checkpoint folder, Ctrl-C or SIGTERM asks the trainer to save and stop.
+
+    SIGTERM is what torchrun sends its processes on Ctrl-C (and batch schedulers on
+    preemption), some seconds before it kills them. A second signal stops at once.
+    """
     if trainer.checkpoint_dir is None or threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def request_stop(signum, frame) -> None:
         trainer.stop_requested = True
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signum, _IMMEDIATE[signum])
 
-    previous = signal.signal(signal.SIGINT, request_stop)
+    previous = {signum: signal.signal(signum, request_stop) for signum in _IMMEDIATE}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+_IMMEDIATE = {signal.SIGINT: signal.default_int_handler, signal.SIGTERM: signal.SIG_DFL}
 
 
 def _place_images(images: torch.Tensor, device: torch.device) -> torch.Tensor:
     """The images on ``device`` when they take at most half its free memory, else on the host.
 
-    Data left on the host is streamed to the device batch by batch (see DeviceBatches).
+    Data left on the host is streamed to the device batch by batch (see DeviceBatches) and is
+    not copied: DeviceBatches gathers each batch into its own pinned buffers, and a packed
+    (memory-mapped) store may not even fit in host memory.
     """
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         if images.nbytes > free // 2:
-            return images.pin_memory()
+            return images
     return images.to(device)
 
 

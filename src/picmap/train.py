@@ -187,7 +187,8 @@ class Trainer:
         self.net = net.to(memory_format=torch.channels_last) if config.channels_last else net
         self.images = images
         self.device = torch.device(device) if device is not None else images.device
-        self.rank = distributed.rank() if distributed.active() else 0
+        self.distributed = distributed.active()
+        self.rank = distributed.rank() if self.distributed else 0
         self.world_size = distributed.world_size()
         if config.sync_batchnorm and self.world_size > 1:
             if self.device.type != "cuda":
@@ -245,7 +246,7 @@ class Trainer:
         require gradients when it is built.
         """
         net: nn.Module = self.net
-        if self.world_size > 1:
+        if self.distributed:
             on_gpu = self.device.type == "cuda"
             net = DistributedDataParallel(net, device_ids=[self.device] if on_gpu else None)
         return torch.compile(net) if self.config.compile else net
@@ -370,7 +371,7 @@ class Trainer:
         end of an epoch), so that all of them stop or check their weights at the same step.
         """
         due = self.stop_requested or time.monotonic() - self._last_save > self.checkpoint_interval
-        if self.world_size == 1:
+        if not self.distributed:
             return due
         step = self.progress.step
         if step % _AGREE_EVERY and step != self.steps_per_epoch:

@@ -9,8 +9,9 @@ import gzip
 import os
 import stat
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -55,6 +56,9 @@ def to_store(
               ``file_names`` and class names, bytes of a name that are not valid UTF-8
               become U+FFFD (�), so every name can be written to a file and shown;
             - a path to one image file, or a list of image file paths;
+            - a ``.npy`` file made by :func:`~picmap.data.packed.pack` (with its ``.json``
+              sidecar): memory-mapped, not read into memory — unless ``image_size`` asks for
+              another size than the packed one, which resizes every image in memory;
             - an ImageStore (resized when ``image_size`` asks for another size).
 
             Pixel values are ``uint8`` (integers in 0..255 are accepted) or floats in [0, 1].
@@ -80,15 +84,15 @@ def to_store(
             without images, no readable image left, or labels of the wrong length.
         TypeError: an input kind or dtype that cannot hold images.
     """
-    if on_error not in ("skip", "raise"):
-        raise ValueError(f"on_error={on_error!r} is not known; use 'skip' or 'raise'")
-    _check_image_size(image_size)
+    _check_options(image_size, on_error)
     given = None if labels is None else encode_labels(labels)
     if isinstance(source, str | os.PathLike):
-        return _from_path(Path(source), given, image_size, on_error, verbose)
-    if _is_path_list(source):
-        files = [Path(p) for p in source]
-        return _from_files(files, given, "the file list", image_size, on_error, verbose)
+        from .packed import is_packed, open_packed  # imported here: packed.py builds on this module
+
+        if is_packed(source):
+            source = open_packed(source)
+    if _is_file_source(source):
+        return _from_files(*_list_files(source, given), image_size, on_error, verbose)
     store = _from_memory(source, image_size, verbose)
     if given is None:
         return store
@@ -112,7 +116,9 @@ def _from_memory(source: Any, image_size: int | None, verbose: bool) -> ImageSto
     )
 
 
-def _check_image_size(image_size: int | None) -> None:
+def _check_options(image_size: int | None, on_error: str) -> None:
+    if on_error not in ("skip", "raise"):
+        raise ValueError(f"on_error={on_error!r} is not known; use 'skip' or 'raise'")
     if image_size is None:
         return
     if isinstance(image_size, bool) or not isinstance(image_size, int | np.integer):
@@ -374,7 +380,10 @@ def _from_dataset(source: Any, image_size: int | None, verbose: bool) -> ImageSt
 # -- files and folders --------------------------------------------------------------------------
 
 
-def _is_path_list(source: Any) -> bool:
+def _is_file_source(source: Any) -> bool:
+    """A path, or a non-empty list of paths."""
+    if isinstance(source, str | os.PathLike):
+        return True
     return (
         isinstance(source, list | tuple)
         and len(source) > 0
@@ -404,13 +413,18 @@ def find_images(folder: Path) -> list[Path]:
     return sorted(found, key=lambda path: path.relative_to(folder).parts)
 
 
-def _from_path(
-    path: Path, labels: _Labels | None, image_size: int | None, on_error: str, verbose: bool
-) -> ImageStore:
+def _list_files(source: Any, labels: _Labels | None) -> tuple[list[Path], _Labels | None, str]:
+    """The image files of a path or path list, their labels, and the source's name for messages.
+
+    A folder is searched recursively; its sub-folders, if any, give the labels.
+    """
+    if not isinstance(source, str | os.PathLike):
+        return [Path(p) for p in source], labels, "the file list"
+    path = Path(source)
     if not path.exists():
         raise ValueError(f"{path} does not exist; pass an existing folder of images or image file")
     if path.is_file():
-        return _from_files([path], labels, str(path), image_size, on_error, verbose)
+        return [path], labels, str(path)
     files = find_images(path)
     if not files:
         raise ValueError(
@@ -419,7 +433,7 @@ def _from_path(
         )
     if labels is None and any(len(file.relative_to(path).parts) > 1 for file in files):
         files, labels = _label_by_folder(path, files)
-    return _from_files(files, labels, f"folder {path}", image_size, on_error, verbose)
+    return files, labels, f"folder {path}"
 
 
 def _label_by_folder(folder: Path, files: list[Path]) -> tuple[list[Path], _Labels]:
@@ -450,8 +464,12 @@ def _try_each(
     failed: dict[int, str],
     desc: str,
     verbose: bool,
+    span: range | None = None,
 ) -> dict[int, _R]:
-    """Run ``function`` on the files not failed yet; record new failures in ``failed``."""
+    """Run ``function`` on the files (those in ``span`` if given) not failed yet.
+
+    Results and new failures (recorded in ``failed``) are keyed by the index into ``files``.
+    """
 
     def attempt(path: Path) -> _R | Exception:
         try:
@@ -459,7 +477,7 @@ def _try_each(
         except Exception as error:  # any failure means "not a readable image"
             return error
 
-    todo = [i for i in range(len(files)) if i not in failed]
+    todo = [i for i in (range(len(files)) if span is None else span) if i not in failed]
     done = {}
     for i, result in zip(
         todo, _thread_map(attempt, [files[i] for i in todo], desc, verbose), strict=True
@@ -478,9 +496,10 @@ def _open_image(path: Path) -> Image.Image:
     return Image.open(path)
 
 
-def _read_size(path: Path) -> tuple[int, int]:
+def _read_header(path: Path) -> tuple[tuple[int, int], bool]:
+    """An image's size and whether it decodes to grayscale, from its header alone."""
     with _open_image(path) as image:
-        return image.size
+        return image.size, _target_mode(image) == "L"
 
 
 def _decoder(size: int) -> Callable[[Path], Image.Image]:
@@ -505,32 +524,54 @@ def _from_files(
     if labels is not None:
         _check_label_count(labels[0], len(files))
     failed: dict[int, str] = {}
-    with warnings.catch_warnings():
-        # PIL only warns about images just over its pixel limit; count those as bombs too.
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
+    with _bombs_as_errors():
         if image_size is None:
-            sizes = _try_each(_read_size, files, failed, "scanning", verbose)
-            _check_failures(files, failed, on_error)
-            image_size = _size_rule(list(sizes.values())) if sizes else 1
+            headers = _scan(files, failed, on_error, verbose)
+            image_size = _size_rule([size for size, _ in headers.values()]) if headers else 1
         images = _try_each(_decoder(image_size), files, failed, "decoding", verbose)
     _check_failures(files, failed, on_error)
-    if failed:
-        _warn_skipped(files, failed, what)
-    if not images:
-        raise ValueError(f"no readable image in {what} ({len(files)} file(s) tried)")
+    _report_skipped(files, failed, what, bool(images))
     keep = sorted(images)
-    return ImageStore(
-        _stack([images[i] for i in keep]),
-        None if labels is None else labels[0][keep],
-        None if labels is None else labels[1],
-        [displayable(str(files[i])) for i in keep],
-    )
+    return ImageStore(_stack([images[i] for i in keep]), *_kept_info(files, labels, keep))
+
+
+def _kept_info(
+    files: list[Path], labels: _Labels | None, keep: list[int]
+) -> tuple[np.ndarray | None, list[str] | None, list[str]]:
+    """Labels, class names and file names of the files that were kept (indices ``keep``)."""
+    names = [displayable(str(files[i])) for i in keep]
+    return (None, None, names) if labels is None else (labels[0][keep], labels[1], names)
+
+
+@contextmanager
+def _bombs_as_errors() -> Iterator[None]:
+    """PIL only warns about images just over its pixel limit; count those as bombs too."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        yield
+
+
+def _scan(
+    files: list[Path], failed: dict[int, str], on_error: str, verbose: bool
+) -> dict[int, tuple[tuple[int, int], bool]]:
+    """The headers (size, grayscale) of the readable files; call it under _bombs_as_errors."""
+    headers = _try_each(_read_header, files, failed, "scanning", verbose)
+    _check_failures(files, failed, on_error)
+    return headers
 
 
 def _check_failures(files: list[Path], failed: dict[int, str], on_error: str) -> None:
     if on_error == "raise" and failed:
         first = min(failed)
         raise ValueError(f"{files[first]} is not a readable image ({failed[first]})")
+
+
+def _report_skipped(files: list[Path], failed: dict[int, str], what: str, kept_any: bool) -> None:
+    """Warn once about every skipped file; raise when none was readable."""
+    if failed:
+        _warn_skipped(files, failed, what)
+    if not kept_any:
+        raise ValueError(f"no readable image in {what} ({len(files)} file(s) tried)")
 
 
 def _warn_skipped(files: list[Path], failed: dict[int, str], what: str) -> None:
@@ -540,7 +581,7 @@ def _warn_skipped(files: list[Path], failed: dict[int, str], what: str) -> None:
     warnings.warn(
         f"skipped {len(failed)} of {len(files)} files in {what} that are not readable images "
         "(pass on_error='raise' to stop instead):\n" + "\n".join(lines),
-        stacklevel=4,
+        stacklevel=5,
     )
 
 
