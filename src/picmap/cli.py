@@ -257,6 +257,8 @@ def fit(source: str, out: str, resume: bool, quiet: bool, **options) -> None:
             _fit(out_dir, settings, verbose=not quiet and writer, writer=writer)
     except Interrupted:
         again = shlex.join(["picmap", "fit", source, "--out", out, "--resume"])
+        if distributed.launched():
+            again = f"torchrun [the same options] -m {again}"
         if writer:
             click.echo(
                 f"\npicmap: stopped; checkpoint saved. Continue with: {displayable(again)}",
