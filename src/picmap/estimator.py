@@ -58,7 +58,8 @@ class TSimCNE(BaseEstimator):
     A network is trained so that two random augmentations of one image land close together
     and all other images lie apart, under the Cauchy similarity ``1/(1+d²)`` of the map. It
     trains in three stages: (1) pre-training with a 128-D output, (2) a new 2-D readout layer
-    trained alone, (3) the whole network fine-tuned at ``learning_rate × 1/1000``.
+    trained alone, (3) the whole network fine-tuned at a fraction of the learning rate (the
+    recipe's: 1/10 in picmap's, 1/1000 in the paper's).
 
     Parameters
     ----------

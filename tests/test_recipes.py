@@ -1,0 +1,53 @@
+import pytest
+
+from picmap import TSimCNE, datasets
+from picmap.recipes import RECIPES, Recipe, resolve_recipe
+
+
+def test_named_recipes_and_their_json_round_trip():
+    assert resolve_recipe("paper") == Recipe(0.03, 1e-3, (0.2, 1.0), "random")
+    custom = Recipe(lr_per_256=0.5, crop_scale=(0.5, 1), readout_init="pca")
+    assert resolve_recipe(custom.to_json()) == custom
+    assert set(RECIPES) >= {"paper", "picmap"}
+
+
+@pytest.mark.parametrize(
+    ("recipe", "message"),
+    [
+        ("fast", "recipe='fast' is not known"),
+        ({"lr_per_256": -1}, "lr_per_256=-1 must be a positive number"),
+        ({"crop_scale": [0.5, 0.2]}, "needs 0 < low ≤ high ≤ 1"),
+        ({"readout_init": "zeros"}, "readout_init='zeros' is not one of"),
+        ({"warmup": 3}, "unknown settings"),
+    ],
+)
+def test_bad_recipes_are_refused(recipe, message):
+    with pytest.raises(ValueError, match=message):
+        resolve_recipe(recipe)
+
+
+@pytest.mark.parametrize(
+    ("recipe", "lr", "finetune"), [("paper", 0.03, 1e-3), ("picmap", 0.12, 0.1)]
+)
+def test_recipe_sets_the_learning_rates_of_the_stages(recipe, lr, finetune):
+    images, _ = datasets.load("digits")
+    seen = {}
+
+    def keep_stages(trainer) -> None:
+        seen["lrs"] = [stage.lr for stage in trainer.config.stages]
+        seen["crop"] = trainer.config.augment.crop_scale
+
+    model = TSimCNE("small", recipe=recipe, total_epochs=[1, 0, 0], batch_size=128, verbose=False)
+    model.fit(images[:256], on_epoch_end=keep_stages)
+    base = lr * 128 / 256
+    assert seen["lrs"] == pytest.approx([base, base, base * finetune])
+    assert seen["crop"] == (0.2, 1.0)
+
+
+def test_a_custom_recipe_is_saved_and_loaded(tmp_path):
+    images, _ = datasets.load("digits")
+    recipe = Recipe(lr_per_256=0.06, crop_scale=(0.5, 1.0))
+    model = TSimCNE("small", recipe=recipe, total_epochs=[1, 0, 0], batch_size=64, verbose=False)
+    model.fit(images[:128]).save(tmp_path)
+    assert TSimCNE.load(tmp_path).get_params()["recipe"] == recipe.to_json()
+    assert resolve_recipe(TSimCNE.load(tmp_path).recipe) == recipe
