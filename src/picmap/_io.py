@@ -12,6 +12,7 @@ Files picmap reads back (checkpoints, saved models) are safetensors + JSON, neve
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import secrets
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import torch
-from safetensors import safe_open
+from safetensors.torch import load
 
 _TMP_SUFFIX = ".tmp"
 _TMP_NAME = re.compile(r"\..+\.[0-9a-f]{8}\.tmp", re.DOTALL)
@@ -91,9 +92,16 @@ def read_safetensors(
     ``remedy`` (what the user can do about it).
     """
     try:
-        with safe_open(str(path), "pt") as file:
-            tensors = {name: file.get_tensor(name) for name in file.keys()}  # noqa: SIM118
-            return tensors, file.metadata() or {}
+        # One read of one open file: safetensors' own reader opens the path again for the
+        # tensors, so a writer renaming a new file into place between the two opens made it
+        # pair one file's header with another file's data (seen in the kill/resume test).
+        with open(path, "rb") as file:
+            data = file.read()
+        header = json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")])
+        metadata = header.get("__metadata__") or {}
+        if not isinstance(metadata, dict):
+            raise TypeError("its metadata is not a JSON object")
+        return load(data), metadata
     except Exception as err:  # safetensors raises its own error types for a damaged file
         raise ValueError(f"{path} is not a readable safetensors file ({err}); {remedy}") from None
 
