@@ -19,6 +19,8 @@ def test_named_recipes_and_their_json_round_trip():
         ({"crop_scale": [0.5, 0.2]}, "needs 0 < low ≤ high ≤ 1"),
         ({"readout_init": "zeros"}, "readout_init='zeros' is not one of"),
         ({"warmup": 3}, "unknown settings"),
+        ({"neighbour_share": 1.5}, "neighbour_share=1.5 must be in"),
+        ({"neighbour_k": 0}, "neighbour_k=0 must be an int ≥ 1"),
     ],
 )
 def test_bad_recipes_are_refused(recipe, message):

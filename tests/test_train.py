@@ -111,7 +111,8 @@ def test_nan_loss_stops_and_keeps_last_good_weights():
     )
 
 
-def test_stop_request_saves_and_resume_continues_exactly(tmp_path):
+@pytest.mark.parametrize("neighbour_share", [0.0, 0.5])
+def test_stop_request_saves_and_resume_continues_exactly(tmp_path, neighbour_share):
     stages = [
         Stage(2, 0.05, 1, 128, False),
         Stage(1, 0.05, 0, 2, True),
@@ -120,7 +121,8 @@ def test_stop_request_saves_and_resume_continues_exactly(tmp_path):
 
     def make(ckpt):
         torch.manual_seed(0)
-        return Trainer(_net(), _images(), _config(stages), 7, ckpt)
+        config = _config(stages, neighbour_share=neighbour_share, neighbour_k=3)
+        return Trainer(_net(), _images(), config, 7, ckpt)
 
     straight = make(None)
     straight.run()
@@ -175,3 +177,27 @@ def test_pca_readout_starts_the_map_as_the_pca_of_the_previous_output():
     signs = torch.sign((after * expected).sum(0))  # principal axes are defined up to sign
     torch.testing.assert_close(after, expected * signs, atol=1e-4, rtol=1e-4)
     assert after.var(0)[0] > after.var(0)[1] > 0  # the first axis carries the most variance
+
+
+def test_neighbour_positives_pair_each_image_with_a_pixel_neighbour(monkeypatch):
+    images = _images(64, size=7)  # 49 pixels: the pixel PCA keeps every dimension
+    views = []
+
+    def keep_views(batch, size, gen, cfg):
+        views.append(batch)
+        return batch.float() / 255
+
+    monkeypatch.setattr("picmap.train.augment", keep_views)
+    config = _config([Stage(2, 0.01, 0, 128, False)], neighbour_share=1.0, neighbour_k=4)
+    trainer = Trainer(_net(), images, config, 0)
+    trainer.run()
+    flat = images.flatten(1).float()
+    neighbours = torch.cdist(flat, flat).topk(5, largest=False).indices[:, 1:]  # not itself
+
+    def index_of(rows):
+        return torch.cdist(rows.flatten(1).float(), flat).argmin(1)
+
+    pairs = [(index_of(a), index_of(b)) for a, b in zip(views[::2], views[1::2], strict=True)]
+    assert len(pairs) == 2 * trainer.steps_per_epoch
+    for first, second in pairs:
+        assert (neighbours[first] == second[:, None]).any(1).all()

@@ -283,6 +283,8 @@ class TSimCNE(BaseEstimator):
             grad_clip=self.grad_clip,
             augment=recipe.augment_config(),
             readout_init=recipe.readout_init,
+            neighbour_share=recipe.neighbour_share,
+            neighbour_k=recipe.neighbour_k,
             mixed_precision=self.mixed_precision,
             compile=self.compile_network,
             sync_batchnorm=self.sync_batchnorm,

@@ -26,12 +26,20 @@ class Recipe:
     crop_scale: tuple[float, float] = (0.2, 1.0)
     # The 2-D readout of stage 2 starts "random" or as the "pca" of the 128-D output.
     readout_init: str = "random"
+    # Probability that an image's positive is a view of one of its ``neighbour_k`` nearest
+    # neighbours in pixel space instead of a second view of itself (0: augmentations only).
+    neighbour_share: float = 0.0
+    neighbour_k: int = 15
 
     def __post_init__(self) -> None:
         for name in ("lr_per_256", "finetune_lr_ratio"):
             value = getattr(self, name)
             if not isinstance(value, int | float) or isinstance(value, bool) or not value > 0:
                 raise ValueError(f"recipe {name}={value!r} must be a positive number")
+        if not 0 <= self.neighbour_share <= 1:
+            raise ValueError(f"recipe neighbour_share={self.neighbour_share!r} must be in [0, 1]")
+        if not isinstance(self.neighbour_k, int) or self.neighbour_k < 1:
+            raise ValueError(f"recipe neighbour_k={self.neighbour_k!r} must be an int ≥ 1")
         low, high = self.crop_scale
         if not 0 < low <= high <= 1:
             raise ValueError(f"recipe crop_scale={self.crop_scale!r} needs 0 < low ≤ high ≤ 1")

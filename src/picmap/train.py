@@ -6,6 +6,7 @@ for a 2-D (or 3-D) one and trains only that layer; stage 3 fine-tunes everything
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
@@ -28,6 +29,7 @@ from .augment import AugmentConfig, augment
 from .data.batches import DeviceBatches
 from .loss import info_nce
 from .model import EmbeddingNet, state_mismatch
+from .neighbours import draw_partners, nearest_neighbours, pixel_pca
 
 logger = logging.getLogger("picmap")
 
@@ -80,6 +82,10 @@ class TrainConfig:
     sync_batchnorm: bool = False
     # A new readout starts "random" (PyTorch's default) or as the "pca" of the current output.
     readout_init: str = "random"
+    # Each image's second view comes, with this probability, from one of its ``neighbour_k``
+    # nearest neighbours in pixel space instead of from the image itself (0: never).
+    neighbour_share: float = 0.0
+    neighbour_k: int = 15
     verbose: bool = True
 
 
@@ -200,6 +206,12 @@ class Trainer:
         self.batches = DeviceBatches(
             images, self.device, config.batch_size, (self.rank, self.world_size)
         )
+        self._partner_batches = (
+            DeviceBatches(images, self.device, config.batch_size, (self.rank, self.world_size))
+            if config.neighbour_share > 0
+            else None
+        )
+        self._neighbours: torch.Tensor | None = None
         self._autocast = config.mixed_precision and self.device.type == "cuda"
         self._forward: nn.Module = self.net
         self.config = config
@@ -327,17 +339,25 @@ class Trainer:
         good_state = {k: v.detach().clone() for k, v in self.net.state_dict().items()}
         gen.manual_seed(stream_seed(self.seed, _ORDER, index, p.epoch))
         order = torch.randperm(len(self.images), generator=gen, device=device)
+        batches = self.batches.epoch(order, p.step)
+        if cfg.neighbour_share > 0:
+            partners = draw_partners(order, self.neighbours(), cfg.neighbour_share, gen)
+            second = self._partner_batches.epoch(partners, p.step)
+        else:
+            batches, second = itertools.tee(batches)
         # The loss summed over this epoch's steps (averaged over processes), in two parts: the
         # steps before a resume, and this process's steps since.
         resumed_sum, total = p.epoch_loss_sum, torch.zeros((), device=device)
         params = [q for group in self.optimizer.param_groups for q in group["params"]]
-        for batch in self.batches.epoch(order, p.step):
+        for batch, partner in zip(batches, second, strict=True):
             for group in self.optimizer.param_groups:
                 group["lr"] = learning_rate(
                     stage, p.epoch * self.steps_per_epoch + p.step, self.steps_per_epoch
                 )
             gen.manual_seed(stream_seed(self.seed, _AUGMENT, index, p.epoch, p.step, self.rank))
-            views = torch.cat([augment(batch, cfg.image_size, gen, cfg.augment) for _ in range(2)])
+            views = torch.cat(
+                [augment(x, cfg.image_size, gen, cfg.augment) for x in (batch, partner)]
+            )
             if cfg.channels_last:
                 views = views.contiguous(memory_format=torch.channels_last)
             with torch.autocast(device.type, torch.bfloat16, enabled=self._autocast):
@@ -363,6 +383,13 @@ class Trainer:
         mean = (resumed_sum + self._mean_over_processes(total)) / self.steps_per_epoch
         self._check_finite(index, mean, good_state)
         return mean
+
+    def neighbours(self) -> torch.Tensor:
+        """Each image's nearest neighbours in pixel space, found once per run."""
+        if self._neighbours is None:
+            points = pixel_pca(self.images, self.device)
+            self._neighbours = nearest_neighbours(points, self.config.neighbour_k)
+        return self._neighbours
 
     def _checkpoint_due(self) -> bool:
         """Whether to checkpoint now: on a stop request or when the interval has passed.

@@ -1,0 +1,61 @@
+"""Nearest neighbours of every image in pixel space, for neighbour positives.
+
+A recipe may pair an image with one of its nearest neighbours instead of with a second view of
+itself (contrastive neighbour embeddings: Damrich, Böhm, Hamprecht & Kobak, ICLR 2023, show that
+positives drawn from a kNN graph turn the contrastive loss into t-SNE's). Neighbours are found
+after a PCA of the pixels, as t-SNE does, by exact search in chunks on the training device.
+"""
+
+from __future__ import annotations
+
+import torch
+
+# Principal components the pixels are reduced to, and images used to find them.
+_PCA_DIMS, _PCA_SAMPLE = 50, 10_000
+_CHUNK = 1024
+
+
+def _flat(images: torch.Tensor, device: torch.device) -> torch.Tensor:
+    return images.to(device).flatten(1).float() / 255
+
+
+@torch.no_grad()
+def pixel_pca(images: torch.Tensor, device: torch.device, dims: int = _PCA_DIMS) -> torch.Tensor:
+    """Every image's first ``dims`` principal components (of a sample's pixels), float32."""
+    step = max(1, len(images) // _PCA_SAMPLE)
+    sample = _flat(images[::step], device)
+    centre = sample.mean(0)
+    dims = min(dims, *sample.shape)
+    axes = torch.linalg.svd(sample - centre, full_matrices=False).Vh[:dims]
+    return torch.cat(
+        [
+            (_flat(images[i : i + _CHUNK], device) - centre) @ axes.T
+            for i in range(0, len(images), _CHUNK)
+        ]
+    )
+
+
+@torch.no_grad()
+def nearest_neighbours(points: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices ``(N, k)`` of each point's ``k`` nearest other points (Euclidean), nearest first."""
+    if not 0 < k < len(points):
+        raise ValueError(f"neighbours k={k} must be between 1 and the number of images − 1")
+    norms = (points * points).sum(1)
+    rows = []
+    for first in range(0, len(points), _CHUNK):
+        chunk = points[first : first + _CHUNK]
+        distances = norms[first : first + _CHUNK, None] + norms - 2 * chunk @ points.T
+        own = torch.arange(first, first + len(chunk), device=points.device)
+        distances[own - first, own] = float("inf")
+        rows.append(distances.topk(k, dim=1, largest=False).indices)
+    return torch.cat(rows)
+
+
+def draw_partners(
+    order: torch.Tensor, neighbours: torch.Tensor, share: float, gen: torch.Generator
+) -> torch.Tensor:
+    """Each image of ``order``: one of its neighbours with probability ``share``, else itself."""
+    n, k = len(order), neighbours.shape[1]
+    pick = torch.randint(k, (n,), generator=gen, device=order.device)
+    use = torch.rand(n, generator=gen, device=order.device) < share
+    return torch.where(use, neighbours[order, pick], order)
