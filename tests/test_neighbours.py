@@ -7,8 +7,9 @@ from sklearn.neighbors import NearestNeighbors
 from picmap.neighbours import draw_partners, nearest_neighbours, pixel_pca
 
 
-def test_nearest_neighbours_match_scikit_learn_across_chunks():
-    points = torch.randn(2500, 5, generator=torch.Generator().manual_seed(0))  # 3 chunks
+def test_nearest_neighbours_match_scikit_learn_across_chunks(monkeypatch):
+    monkeypatch.setattr("picmap.neighbours._DISTANCES_AT_ONCE", 1000 * 2500)  # 3 chunks
+    points = torch.randn(2500, 5, generator=torch.Generator().manual_seed(0))
     ours = nearest_neighbours(points, 7).numpy()
     theirs = NearestNeighbors(n_neighbors=8).fit(points.numpy()).kneighbors()[1][:, :7]
     assert np.array_equal(ours, theirs)

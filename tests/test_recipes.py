@@ -8,7 +8,7 @@ def test_named_recipes_and_their_json_round_trip():
     assert resolve_recipe("paper") == Recipe(0.03, 1e-3, (0.2, 1.0), "random")
     custom = Recipe(lr_per_256=0.5, crop_scale=(0.5, 1), readout_init="pca")
     assert resolve_recipe(custom.to_json()) == custom
-    assert set(RECIPES) >= {"paper", "picmap"}
+    assert set(RECIPES) >= {"paper", "picmap", "neighbours"}
 
 
 @pytest.mark.parametrize(
@@ -29,21 +29,24 @@ def test_bad_recipes_are_refused(recipe, message):
 
 
 @pytest.mark.parametrize(
-    ("recipe", "lr", "finetune"), [("paper", 0.03, 1e-3), ("picmap", 0.12, 0.1)]
+    ("recipe", "lr", "finetune", "neighbours"),
+    [("paper", 0.03, 1e-3, 0.0), ("picmap", 0.12, 0.1, 0.0), ("neighbours", 0.12, 1.0, 1.0)],
 )
-def test_recipe_sets_the_learning_rates_of_the_stages(recipe, lr, finetune):
+def test_recipe_sets_the_learning_rates_and_positives(recipe, lr, finetune, neighbours):
     images, _ = datasets.load("digits")
     seen = {}
 
     def keep_stages(trainer) -> None:
         seen["lrs"] = [stage.lr for stage in trainer.config.stages]
         seen["crop"] = trainer.config.augment.crop_scale
+        seen["neighbours"] = trainer.config.neighbour_share
 
     model = TSimCNE("small", recipe=recipe, total_epochs=[1, 0, 0], batch_size=128, verbose=False)
     model.fit(images[:256], on_epoch_end=keep_stages)
     base = lr * 128 / 256
     assert seen["lrs"] == pytest.approx([base, base, base * finetune])
     assert seen["crop"] == (0.2, 1.0)
+    assert seen["neighbours"] == neighbours
 
 
 def test_a_custom_recipe_is_saved_and_loaded(tmp_path):

@@ -89,6 +89,12 @@ def test_loss_history_has_one_entry_per_epoch():
     assert all(math.isfinite(v) for stage in losses for v in stage)
 
 
+def test_more_neighbours_than_images_are_refused():
+    config = _config([Stage(1, 0.01, 0, 128, False)], 8, neighbour_share=1.0, neighbour_k=8)
+    with pytest.raises(ValueError, match="neighbour_k=8 needs more images than that"):
+        Trainer(_net(), _images(8), config, 0)
+
+
 def test_batch_larger_than_data_is_refused():
     with pytest.raises(ValueError, match="batch_size=64 is larger than the data"):
         Trainer(_net(), _images(32), _config([Stage(1, 0.1, 0, 2, False)], 64), 0)

@@ -191,7 +191,8 @@ def main() -> None:
     type=click.Choice(sorted(RECIPES)),
     default="picmap",
     show_default=True,
-    help="'picmap': tuned for short runs; 'paper': the published t-SimCNE recipe.",
+    help="'picmap': tuned for short runs; 'paper': the published t-SimCNE recipe; "
+    "'neighbours': positives from pixel-space neighbours, for aligned images such as digits.",
 )
 @click.option("--device", default="auto", show_default=True, help="cuda, mps, cpu or auto.")
 @click.option(

@@ -107,10 +107,11 @@ class TSimCNE(BaseEstimator):
         On CUDA, run the network in bfloat16 autocast (the loss stays in float32).
     compile_network : bool
         Run the network through ``torch.compile``.
-    recipe : "picmap", "paper" or Recipe
-        The learning-rate rule, the stage-3 learning rate and the augmentation strength
-        (:mod:`picmap.recipes`). "paper" is the published t-SimCNE recipe; "picmap" is tuned
-        for short runs (see ``benchmarks/RESULTS.md``).
+    recipe : "picmap", "paper", "neighbours" or Recipe
+        The learning-rate rule, the stage-3 learning rate, the augmentation strength and the
+        positive pairs (:mod:`picmap.recipes`). "paper" is the published t-SimCNE recipe;
+        "picmap" is tuned for short runs; "neighbours" pairs each image with a pixel-space
+        neighbour, for aligned images (see ``benchmarks/RESULTS.md``).
     sync_batchnorm : bool
         When training on several GPUs (``torchrun``), compute BatchNorm statistics over the
         global batch instead of each GPU's share.

@@ -190,6 +190,11 @@ class Trainer:
                 f"batch_size={config.batch_size} is larger than the data ({len(images)} images); "
                 f"pass batch_size={len(images)} or less"
             )
+        if config.neighbour_share > 0 and config.neighbour_k >= len(images):
+            raise ValueError(
+                f"neighbour_k={config.neighbour_k} needs more images than that ({len(images)} "
+                "given); use a smaller neighbour_k in the recipe, or a recipe without neighbours"
+            )
         self.net = net.to(memory_format=torch.channels_last) if config.channels_last else net
         self.images = images
         self.device = torch.device(device) if device is not None else images.device
