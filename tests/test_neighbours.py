@@ -8,7 +8,7 @@ from picmap.neighbours import draw_partners, nearest_neighbours, pixel_pca
 
 
 def test_nearest_neighbours_match_scikit_learn_across_chunks(monkeypatch):
-    monkeypatch.setattr("picmap.neighbours._DISTANCES_AT_ONCE", 1000 * 2500)  # 3 chunks
+    monkeypatch.setattr("picmap.neighbours._FLOATS_AT_ONCE", 1000 * 2500)  # 3 chunks
     points = torch.randn(2500, 5, generator=torch.Generator().manual_seed(0))
     ours = nearest_neighbours(points, 7).numpy()
     theirs = NearestNeighbors(n_neighbors=8).fit(points.numpy()).kneighbors()[1][:, :7]
@@ -16,11 +16,15 @@ def test_nearest_neighbours_match_scikit_learn_across_chunks(monkeypatch):
     assert not (ours == np.arange(len(points))[:, None]).any()  # never itself
 
 
-def test_pixel_pca_equals_scikit_learn_up_to_sign():
+@pytest.mark.parametrize("floats_at_once", [2**26, 36 * 64])
+def test_pixel_pca_equals_scikit_learn_up_to_sign(monkeypatch, floats_at_once):
+    # The small limit makes 64-image chunks and fits the axes on every 4th image.
+    monkeypatch.setattr("picmap.neighbours._FLOATS_AT_ONCE", floats_at_once)
     images = torch.randint(0, 256, (300, 1, 6, 6), generator=torch.Generator().manual_seed(1))
-    images = images.to(torch.uint8)
-    ours = pixel_pca(images, torch.device("cpu"), dims=4).numpy()
-    theirs = PCA(4).fit_transform(images.flatten(1).numpy() / 255)
+    pixels = images.flatten(1).numpy() / 255
+    ours = pixel_pca(images.to(torch.uint8), torch.device("cpu"), dims=4).numpy()
+    step = 1 if floats_at_once == 2**26 else 4
+    theirs = PCA(4).fit(pixels[::step]).transform(pixels)
     np.testing.assert_allclose(np.abs(ours), np.abs(theirs), atol=1e-4)
 
 

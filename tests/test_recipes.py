@@ -20,6 +20,7 @@ def test_named_recipes_and_their_json_round_trip():
         ({"readout_init": "zeros"}, "readout_init='zeros' is not one of"),
         ({"warmup": 3}, "unknown settings"),
         ({"neighbour_share": 1.5}, "neighbour_share=1.5 must be in"),
+        ({"neighbour_share": "all"}, "neighbour_share='all' must be in"),
         ({"neighbour_k": 0}, "neighbour_k=0 must be an int ≥ 1"),
     ],
 )

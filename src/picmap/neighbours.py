@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import torch
 
-# Principal components the pixels are reduced to, and images used to find them.
+# Principal components the pixels are reduced to, and at most how many images find them.
 _PCA_DIMS, _PCA_SAMPLE = 50, 10_000
-_CHUNK = 1024
-# Distances computed at once in the neighbour search (256 MiB of float32).
-_DISTANCES_AT_ONCE = 2**26
+# Floats held at once: pixels of a chunk of images, or distances in the search (256 MiB).
+_FLOATS_AT_ONCE = 2**26
+
+
+def _rows_at_once(width: int) -> int:
+    return max(1, _FLOATS_AT_ONCE // width)
 
 
 def _flat(images: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -26,15 +29,16 @@ def _flat(images: torch.Tensor, device: torch.device) -> torch.Tensor:
 @torch.no_grad()
 def pixel_pca(images: torch.Tensor, device: torch.device, dims: int = _PCA_DIMS) -> torch.Tensor:
     """Every image's first ``dims`` principal components (of a sample's pixels), float32."""
-    step = max(1, len(images) // _PCA_SAMPLE)
+    rows = _rows_at_once(images[0].numel())
+    step = max(1, len(images) // min(_PCA_SAMPLE, max(rows, 4 * dims)))
     sample = _flat(images[::step], device)
     centre = sample.mean(0)
     dims = min(dims, *sample.shape)
     axes = torch.linalg.svd(sample - centre, full_matrices=False).Vh[:dims]
     return torch.cat(
         [
-            (_flat(images[i : i + _CHUNK], device) - centre) @ axes.T
-            for i in range(0, len(images), _CHUNK)
+            (_flat(images[i : i + rows], device) - centre) @ axes.T
+            for i in range(0, len(images), rows)
         ]
     )
 
@@ -45,7 +49,7 @@ def nearest_neighbours(points: torch.Tensor, k: int) -> torch.Tensor:
     if not 0 < k < len(points):
         raise ValueError(f"neighbours k={k} must be between 1 and the number of images − 1")
     norms = (points * points).sum(1)
-    rows, size = [], max(1, _DISTANCES_AT_ONCE // len(points))
+    rows, size = [], _rows_at_once(len(points))
     for first in range(0, len(points), size):
         chunk = points[first : first + size]
         distances = norms[first : first + size, None] + norms - 2 * chunk @ points.T

@@ -36,7 +36,8 @@ class Recipe:
             value = getattr(self, name)
             if not isinstance(value, int | float) or isinstance(value, bool) or not value > 0:
                 raise ValueError(f"recipe {name}={value!r} must be a positive number")
-        if not 0 <= self.neighbour_share <= 1:
+        share = self.neighbour_share
+        if not isinstance(share, int | float) or isinstance(share, bool) or not 0 <= share <= 1:
             raise ValueError(f"recipe neighbour_share={self.neighbour_share!r} must be in [0, 1]")
         if not isinstance(self.neighbour_k, int) or self.neighbour_k < 1:
             raise ValueError(f"recipe neighbour_k={self.neighbour_k!r} must be an int ≥ 1")
