@@ -392,6 +392,11 @@ class Trainer:
     def neighbours(self) -> torch.Tensor:
         """Each image's nearest neighbours in pixel space, found once per run."""
         if self._neighbours is None:
+            _report(
+                f"picmap: finding each image's {self.config.neighbour_k} nearest neighbours "
+                "in pixel space",
+                self._verbose,
+            )
             points = pixel_pca(self.images, self.device)
             self._neighbours = nearest_neighbours(points, self.config.neighbour_k)
         return self._neighbours
