@@ -26,15 +26,19 @@ def _flat(images: torch.Tensor, device: torch.device) -> torch.Tensor:
     return images.to(device).flatten(1).float() / 255
 
 
+def principal_axes(sample: torch.Tensor, dims: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The mean of the rows of ``sample`` and their top ``dims`` principal axes (as rows)."""
+    centre = sample.mean(0)
+    return centre, torch.linalg.svd(sample - centre, full_matrices=False).Vh[:dims]
+
+
 @torch.no_grad()
 def pixel_pca(images: torch.Tensor, device: torch.device, dims: int = _PCA_DIMS) -> torch.Tensor:
     """Every image's first ``dims`` principal components (of a sample's pixels), float32."""
     rows = _rows_at_once(images[0].numel())
     step = max(1, len(images) // min(_PCA_SAMPLE, max(rows, 4 * dims)))
     sample = _flat(images[::step], device)
-    centre = sample.mean(0)
-    dims = min(dims, *sample.shape)
-    axes = torch.linalg.svd(sample - centre, full_matrices=False).Vh[:dims]
+    centre, axes = principal_axes(sample, dims)
     return torch.cat(
         [
             (_flat(images[i : i + rows], device) - centre) @ axes.T

@@ -29,7 +29,7 @@ from .augment import AugmentConfig, augment
 from .data.batches import DeviceBatches
 from .loss import info_nce
 from .model import EmbeddingNet, state_mismatch
-from .neighbours import draw_partners, nearest_neighbours, pixel_pca
+from .neighbours import draw_partners, nearest_neighbours, pixel_pca, principal_axes
 
 logger = logging.getLogger("picmap")
 
@@ -333,8 +333,7 @@ class Trainer:
         ]
         self.net.train(was_training)
         z = torch.cat(outputs).float()
-        centre = z.mean(0)
-        axes = torch.linalg.svd(z - centre, full_matrices=False).Vh[:out_dim]
+        centre, axes = principal_axes(z, out_dim)
         old = self.net.head.readout
         return axes @ old.weight, axes @ (old.bias - centre)
 
