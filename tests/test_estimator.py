@@ -97,6 +97,16 @@ def test_custom_backbone(tmp_path, digits):
     assert np.allclose(loaded.transform(digits[0][:200]), Y, atol=1e-5)
 
 
+def test_tiny_backbone_saves_and_loads_by_name(tmp_path, digits):
+    model = _quick(backbone="tiny")
+    Y = model.fit_transform(digits[0][:200])
+    assert model.model_.head.hidden[0].in_features == 64
+    small_size = sum(p.numel() for p in _quick().fit(digits[0][:200]).model_.backbone.parameters())
+    assert sum(p.numel() for p in model.model_.backbone.parameters()) < small_size / 3
+    model.save(tmp_path / "m")
+    assert np.allclose(TSimCNE.load(tmp_path / "m").transform(digits[0][:200]), Y, atol=1e-5)
+
+
 def test_tensor_input_nchw(digits):
     x = torch.from_numpy(digits[0][:100]).unsqueeze(1)
     assert _quick(batch_size=32).fit_transform(x).shape == (100, 2)

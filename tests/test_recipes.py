@@ -30,10 +30,14 @@ def test_bad_recipes_are_refused(recipe, message):
 
 
 @pytest.mark.parametrize(
-    ("recipe", "lr", "finetune", "neighbours"),
-    [("paper", 0.03, 1e-3, 0.0), ("picmap", 0.12, 0.1, 0.0), ("neighbours", 0.12, 1.0, 1.0)],
+    ("recipe", "lr", "finetune", "crop", "neighbours"),
+    [
+        ("paper", 0.03, 1e-3, (0.2, 1.0), 0.0),
+        ("picmap", 0.12, 0.1, (0.2, 1.0), 0.0),
+        ("neighbours", 0.12, 1.0, (1.0, 1.0), 1.0),
+    ],
 )
-def test_recipe_sets_the_learning_rates_and_positives(recipe, lr, finetune, neighbours):
+def test_recipe_sets_the_learning_rates_and_positives(recipe, lr, finetune, crop, neighbours):
     images, _ = datasets.load("digits")
     seen = {}
 
@@ -46,7 +50,7 @@ def test_recipe_sets_the_learning_rates_and_positives(recipe, lr, finetune, neig
     model.fit(images[:256], on_epoch_end=keep_stages)
     base = lr * 128 / 256
     assert seen["lrs"] == pytest.approx([base, base, base * finetune])
-    assert seen["crop"] == (0.2, 1.0)
+    assert seen["crop"] == crop
     assert seen["neighbours"] == neighbours
 
 

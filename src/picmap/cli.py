@@ -25,6 +25,7 @@ from .data.store import ImageStore
 from .discover import DUPLICATE_THRESHOLD, Discoveries, discover
 from .estimator import TSimCNE, resolve_device
 from .evaluate import Embedding, K, Report, Score, quality_report
+from .model import BACKBONES
 from .recipes import RECIPES
 from .train import CHECKPOINT_FILE, DivergedError, Interrupted
 
@@ -168,10 +169,11 @@ def main() -> None:
 )
 @click.option(
     "--backbone",
-    type=click.Choice(["auto", "resnet18", "small"]),
+    type=click.Choice(["auto", *BACKBONES]),
     default="auto",
     show_default=True,
-    help="'auto': resnet18 on a GPU, small on a CPU.",
+    help="'auto': resnet18 on a GPU, small on a CPU. tiny: half the small CNN's width, "
+    "2.5x faster per step.",
 )
 @click.option(
     "--batch-size",

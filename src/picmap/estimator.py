@@ -63,9 +63,10 @@ class TSimCNE(BaseEstimator):
 
     Parameters
     ----------
-    backbone : "resnet18", "small" or nn.Module
+    backbone : "resnet18", "small", "tiny" or nn.Module
         "resnet18" is the paper's CIFAR ResNet-18 (GPU recommended). "small" is a five-layer CNN
-        that makes CPU training practical for small images. Any module mapping a float batch
+        that makes CPU training practical for small images; "tiny" is the same CNN at half the
+        width, 2.5× faster per training step on a CPU. Any module mapping a float batch
         ``N×C×H×W`` in [0, 1] to ``N×feature_dim`` features may be passed.
     feature_dim : int, optional
         Output size of a custom backbone (required then; known for named ones).

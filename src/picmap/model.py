@@ -8,7 +8,7 @@ import torch
 import torchvision
 from torch import nn
 
-BACKBONES = ("resnet18", "small")
+BACKBONES = ("resnet18", "small", "tiny")
 
 
 def cifar_resnet18(in_channels: int = 3) -> nn.Module:
@@ -48,6 +48,8 @@ def make_backbone(name: str, in_channels: int) -> tuple[nn.Module, int]:
         return cifar_resnet18(in_channels), 512
     if name == "small":
         return small_cnn(in_channels), 128
+    if name == "tiny":
+        return small_cnn(in_channels, width=16), 64
     raise ValueError(f"backbone={name!r} is not known; use one of {BACKBONES} or pass an nn.Module")
 
 

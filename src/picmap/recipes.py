@@ -68,8 +68,11 @@ RECIPES = {
     # For aligned images whose pixel distances mean something (digits, Fashion-MNIST, centred
     # cell or object crops): every positive is a view of a pixel-space neighbour, as in
     # contrastive neighbour embeddings (Damrich et al., ICLR 2023), and stage 3 runs at the full
-    # learning rate. Not for photographs, where pixel neighbours share colours, not content.
-    "neighbours": Recipe(lr_per_256=0.12, finetune_lr_ratio=1.0, neighbour_share=1.0),
+    # learning rate. No random crops: the neighbours already vary the pair, and crops cost the
+    # map 2-3 points. Not for photographs, where pixel neighbours share colours, not content.
+    "neighbours": Recipe(
+        lr_per_256=0.12, finetune_lr_ratio=1.0, crop_scale=(1.0, 1.0), neighbour_share=1.0
+    ),
 }
 
 
