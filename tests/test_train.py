@@ -207,3 +207,26 @@ def test_neighbour_positives_pair_each_image_with_a_pixel_neighbour(monkeypatch)
     assert len(pairs) == 2 * trainer.steps_per_epoch
     for first, second in pairs:
         assert (neighbours[first] == second[:, None]).any(1).all()
+
+
+def test_time_estimate_leaves_out_the_first_step(monkeypatch, caplog):
+    """The first step also pays for warm-up: here it takes 100 s on a fake clock, every other
+    step 1 s, so the estimate must be 1 s a step over the schedule, not more."""
+    clock = [0.0]
+    monkeypatch.setattr("picmap.train.time.perf_counter", lambda: clock[0])
+
+    def tick(*_):
+        clock[0] += 100.0 if clock[0] == 0 else 1.0
+
+    net = _net()
+    net.register_forward_hook(tick)
+    stages = [
+        Stage(2, 0.01, 0, 128, False),
+        Stage(1, 0.01, 0, 2, True),
+        Stage(2, 1e-3, 0, 2, False),
+    ]
+    trainer = Trainer(net, _images(64), _config(stages), 0)
+    with caplog.at_level("INFO", logger="picmap"):
+        trainer.run()
+    # 4 steps an epoch: 8 + 8 full steps, and 4 readout-only steps counted at 0.4.
+    assert "estimated training time 18 s" in caplog.text

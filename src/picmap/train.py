@@ -35,6 +35,8 @@ logger = logging.getLogger("picmap")
 
 CHECKPOINT_FILE = "checkpoint.safetensors"
 _SLOW_FIT_SECONDS = 3600
+# Steps timed for the estimate of the training time.
+_TIMED_STEPS = 5
 # With several processes, they agree on stopping or checkpointing every this many steps (one
 # tiny all-reduce, which makes the host wait for the device, so not on every step).
 _AGREE_EVERY = 10
@@ -231,6 +233,8 @@ class Trainer:
         self.stop_requested = False
         self._last_save = time.monotonic()
         self._estimate_logged = False
+        # (time, steps) since the end of the run's first step, for the time estimate.
+        self._timed: tuple[float, int] | None = None
 
     @property
     def steps_per_epoch(self) -> int:
@@ -375,8 +379,8 @@ class Trainer:
             total += loss.detach()
             p.step += 1
             bar.update(1)
-            if not self._estimate_logged and p.step == min(5, self.steps_per_epoch):
-                self._log_estimate(bar)
+            if not self._estimate_logged:
+                self._time_step()
             if self._checkpoint_due():
                 p.epoch_loss_sum = resumed_sum + self._mean_over_processes(total)
                 self._check_finite(index, p.epoch_loss_sum, good_state)
@@ -437,10 +441,22 @@ class Trainer:
             "gradient clipping (grad_clip)."
         )
 
-    def _log_estimate(self, bar: tqdm) -> None:
-        """After the first steps, say how long the whole fit will take (and if that is long)."""
+    def _time_step(self) -> None:
+        """Time the steps after the first (which also pays for warm-up and the neighbour search)
+        and, after ``_TIMED_STEPS`` of them, say how long the whole fit will take."""
+        now = time.perf_counter()
+        if self._timed is None:
+            self._timed = (now, 0)
+            return
+        start, steps = self._timed[0], self._timed[1] + 1
+        self._timed = (start, steps)
+        if steps == _TIMED_STEPS:
+            self._log_estimate((now - start) / steps)
+
+    def _log_estimate(self, per_step: float) -> None:
+        """Say how long the whole fit will take at ``per_step`` seconds a step (and if that is
+        long)."""
         self._estimate_logged = True
-        per_step = bar.format_dict["elapsed"] / max(1, bar.n)
         # Readout-only steps still run the forward pass but little of the backward pass.
         steps = sum(
             (0.4 if s.readout_only else 1.0) * s.epochs * self.steps_per_epoch
