@@ -62,7 +62,7 @@ class TwoViews(Dataset):
 
 def build_net(backbone: str, device: torch.device) -> EmbeddingNet:
     torch.manual_seed(0)
-    features, dim = make_backbone(backbone, 3)
+    features, dim = make_backbone(backbone, 3, 32)
     return EmbeddingNet(features, dim, 1024, 128).to(device)
 
 

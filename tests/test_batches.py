@@ -39,7 +39,7 @@ def test_training_from_streamed_data_equals_resident_training():
     losses = []
     for streaming in (False, True):
         torch.manual_seed(0)
-        backbone, dim = make_backbone("small", 1)
+        backbone, dim = make_backbone("small", 1, 8)
         config = TrainConfig(stages=stages, batch_size=16, image_size=8, verbose=False)
         trainer = Trainer(EmbeddingNet(backbone, dim, 32, 128), images, config, 3)
         trainer.batches.streaming = streaming

@@ -107,6 +107,18 @@ def test_tiny_backbone_saves_and_loads_by_name(tmp_path, digits):
     assert np.allclose(TSimCNE.load(tmp_path / "m").transform(digits[0][:200]), Y, atol=1e-5)
 
 
+def test_mlp_backbone_reads_the_pixels_and_saves_and_loads_by_name(tmp_path, digits):
+    images = digits[0][:200]
+    model = _quick(backbone="mlp")
+    Y = model.fit_transform(images)
+    assert model.model_.backbone[1].in_features == 8 * 8  # one input per pixel
+    model.save(tmp_path / "m")
+    loaded = TSimCNE.load(tmp_path / "m")
+    assert np.allclose(loaded.transform(images), Y, atol=1e-5)
+    # Images of another size are resized to the fitted one, so the MLP still takes them.
+    assert loaded.transform(images[:50].repeat(2, axis=1).repeat(2, axis=2)).shape == (50, 2)
+
+
 def test_tensor_input_nchw(digits):
     x = torch.from_numpy(digits[0][:100]).unsqueeze(1)
     assert _quick(batch_size=32).fit_transform(x).shape == (100, 2)

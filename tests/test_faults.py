@@ -390,7 +390,7 @@ def _small_trainer(
     stages: list[Stage], checkpoint_dir: Path | None = None, interval: float = 0.0, **config
 ) -> Trainer:
     torch.manual_seed(0)
-    backbone, dim = make_backbone("small", 1)
+    backbone, dim = make_backbone("small", 1, 8)
     images = (torch.rand(32, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 255).byte()
     train_config = TrainConfig(stages=stages, batch_size=16, image_size=8, verbose=False, **config)
     return Trainer(

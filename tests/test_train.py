@@ -17,7 +17,7 @@ from picmap.train import (
 
 
 def _net(out_dim=128):
-    backbone, dim = make_backbone("small", 1)
+    backbone, dim = make_backbone("small", 1, 8)
     return EmbeddingNet(backbone, dim, 32, out_dim)
 
 

@@ -466,7 +466,7 @@ class Trainer:
         _report(f"picmap: estimated training time {_format_duration(estimate)}", self._verbose)
         if self.device.type == "cpu" and estimate > _SLOW_FIT_SECONDS:
             _report(
-                "picmap: that is long for a CPU. Faster options: backbone='small', fewer "
+                "picmap: that is long for a CPU. Faster options: backbone='small' or 'tiny', fewer "
                 "total_epochs, or a GPU (device='cuda').",
                 self._verbose,
             )
