@@ -10,8 +10,9 @@ Default: a stratified 10,000-image subset, classifiers scored by 5-fold cross-va
 images and scored on the 10,000 test images; with ``--subset N``, a stratified N-image part of
 the 70,000 that keeps the train/test proportions (to check the protocol quickly).
 
-    python benchmarks/quality.py                      # 10k subset, CPU-sized schedule
-    python benchmarks/quality.py --recipes paper,picmap --no-baselines   # the recipes side by side
+    python benchmarks/quality.py                      # 10k subset, defaults, 15 CPU minutes
+    python benchmarks/quality.py --recipes paper,picmap --backbone small --epochs 12,2,6 \
+        --no-baselines                                # the recipes side by side
     python benchmarks/quality.py --full --subset 2000 --epochs 2,1,1   # a quick check
     python benchmarks/quality.py --full --device cuda --backbone resnet18 --epochs 200,10,40
 """
@@ -75,9 +76,16 @@ def run_picmap(
     Y = model.fit_transform(images)
     seconds = time.perf_counter() - started
     precision = "fp32" if args.fp32 else "auto"
-    name = f"picmap {recipe} recipe, {args.backbone} {args.epochs} {precision}"
+    recipe_name = _as_chosen(recipe, model.recipe_)
+    backbone_name = _as_chosen(args.backbone, model.backbone_)
+    name = f"picmap {recipe_name} recipe, {backbone_name} {args.epochs} {precision}"
     the_map = Embedding(name, Y, seconds)
     return the_map, Embedding("backbone features", model.features(images))
+
+
+def _as_chosen(asked: str, chosen: object) -> str:
+    """A setting as asked, followed by what "auto" chose."""
+    return f"{asked} ({chosen})" if asked != chosen else asked
 
 
 def main() -> None:
@@ -89,14 +97,14 @@ def main() -> None:
         default=None,
         help=f"images to use [default: {DEFAULT_SUBSET:,}, or all 70,000 with --full]",
     )
-    parser.add_argument("--epochs", default="12,2,6", help="picmap's three stage lengths")
+    parser.add_argument("--epochs", default="300,2,300", help="picmap's three stage lengths")
     parser.add_argument(
         "--recipes",
-        default="picmap",
+        default="auto",
         help=f"comma-separated recipes to fit, side by side ({', '.join(RECIPES)}); the "
         "first one's features are the ones scored",
     )
-    parser.add_argument("--backbone", default="small")
+    parser.add_argument("--backbone", default="auto")
     parser.add_argument("--batch-size", type=int, default=512)
     parser.add_argument("--lr", type=float, default=None)
     parser.add_argument("--device", default="auto")

@@ -119,6 +119,25 @@ def test_mlp_backbone_reads_the_pixels_and_saves_and_loads_by_name(tmp_path, dig
     assert loaded.transform(images[:50].repeat(2, axis=1).repeat(2, axis=2)).shape == (50, 2)
 
 
+@pytest.mark.parametrize(
+    ("kw", "colour", "backbone"),
+    [
+        ({}, False, "mlp"),  # grey: the neighbours recipe, and the MLP on a CPU
+        ({}, True, "small"),  # colour: the picmap recipe, a CNN
+        ({"recipe": "picmap"}, False, "small"),  # augmentations want a CNN
+        ({"image_size": 72}, False, "small"),  # 72² > 64² pixels: too wide for the MLP
+    ],
+)
+def test_auto_backbone_on_a_cpu_follows_recipe_and_size(tmp_path, digits, kw, colour, backbone):
+    images = digits[0][:64]
+    if colour:
+        images = np.repeat(images[..., None], 3, axis=-1)
+    model = _quick(backbone="auto", total_epochs=[0, 0, 0], device="cpu", **kw).fit(images)
+    assert model.backbone_ == backbone
+    model.save(tmp_path)
+    assert TSimCNE.load(tmp_path).backbone == backbone  # saved as chosen, not as "auto"
+
+
 def test_tensor_input_nchw(digits):
     x = torch.from_numpy(digits[0][:100]).unsqueeze(1)
     assert _quick(batch_size=32).fit_transform(x).shape == (100, 2)

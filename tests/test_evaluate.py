@@ -116,7 +116,7 @@ def test_evaluate_with_baselines_end_to_end(digits_run):
 
     metrics = json.loads((digits_run / "metrics.json").read_text())
     assert metrics["fit_seconds"] > 0  # what `fit` wrote is kept
-    assert metrics["features_dims"] == 128
+    assert (metrics["backbone"], metrics["features_dims"]) == ("mlp", 512)  # auto, grey, CPU
     assert metrics["features_knn_accuracy"] > 0.5  # even 4 epochs learn useful features
     assert 0 <= metrics["neighborhood_preservation"] <= 1
     baselines = {(b["method"], b["dims"]): b for b in metrics["baselines"]}

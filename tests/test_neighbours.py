@@ -4,7 +4,7 @@ import torch
 from sklearn.decomposition import PCA
 from sklearn.neighbors import NearestNeighbors
 
-from picmap.neighbours import draw_partners, nearest_neighbours, pixel_pca
+from picmap.neighbours import draw_partners, nearest_neighbours, root_pixel_pca
 
 
 def test_nearest_neighbours_match_scikit_learn_across_chunks(monkeypatch):
@@ -17,14 +17,14 @@ def test_nearest_neighbours_match_scikit_learn_across_chunks(monkeypatch):
 
 
 @pytest.mark.parametrize("floats_at_once", [2**26, 36 * 64])
-def test_pixel_pca_equals_scikit_learn_up_to_sign(monkeypatch, floats_at_once):
+def test_root_pixel_pca_equals_scikit_learn_on_square_roots_up_to_sign(monkeypatch, floats_at_once):
     # The small limit makes 64-image chunks and fits the axes on every 4th image.
     monkeypatch.setattr("picmap.neighbours._FLOATS_AT_ONCE", floats_at_once)
     images = torch.randint(0, 256, (300, 1, 6, 6), generator=torch.Generator().manual_seed(1))
-    pixels = images.flatten(1).numpy() / 255
-    ours = pixel_pca(images.to(torch.uint8), torch.device("cpu"), dims=4).numpy()
+    roots = np.sqrt(images.flatten(1).numpy() / 255)
+    ours = root_pixel_pca(images.to(torch.uint8), torch.device("cpu"), dims=4).numpy()
     step = 1 if floats_at_once == 2**26 else 4
-    theirs = PCA(4).fit(pixels[::step]).transform(pixels)
+    theirs = PCA(4).fit(roots[::step]).transform(roots)
     np.testing.assert_allclose(np.abs(ours), np.abs(theirs), atol=1e-4)
 
 

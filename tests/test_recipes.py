@@ -1,7 +1,7 @@
 import pytest
 
 from picmap import TSimCNE, datasets
-from picmap.recipes import RECIPES, Recipe, resolve_recipe
+from picmap.recipes import RECIPES, Recipe, recipe_for_images, resolve_recipe
 
 
 def test_named_recipes_and_their_json_round_trip():
@@ -14,7 +14,8 @@ def test_named_recipes_and_their_json_round_trip():
 @pytest.mark.parametrize(
     ("recipe", "message"),
     [
-        ("fast", "recipe='fast' is not known"),
+        ("fast", "recipe='fast' is not known; use one of .*'auto'"),
+        ("auto", r"recipe='auto' is not known; use one of \['neighbours', 'paper', 'picmap'\]$"),
         ({"lr_per_256": -1}, "lr_per_256=-1 must be a positive number"),
         ({"crop_scale": [0.5, 0.2]}, "needs 0 < low ≤ high ≤ 1"),
         ({"readout_init": "zeros"}, "readout_init='zeros' is not one of"),
@@ -52,6 +53,25 @@ def test_recipe_sets_the_learning_rates_and_positives(recipe, lr, finetune, crop
     assert seen["lrs"] == pytest.approx([base, base, base * finetune])
     assert seen["crop"] == crop
     assert seen["neighbours"] == neighbours
+
+
+def test_auto_recipe_pairs_grey_images_with_neighbours_and_colour_ones_with_views(tmp_path):
+    grey, _ = datasets.load("digits")
+    colour = grey[..., None].repeat(3, axis=-1)
+    assert recipe_for_images("auto", 1) == "neighbours"
+    assert recipe_for_images("auto", 3) == "picmap"
+    assert recipe_for_images("paper", 1) == "paper"  # a recipe asked for is kept
+    shares = []
+
+    def keep_share(trainer) -> None:
+        shares.append(trainer.config.neighbour_share)
+
+    for images, chosen, share in [(grey, "neighbours", 1.0), (colour, "picmap", 0.0)]:
+        model = TSimCNE("small", total_epochs=[1, 0, 0], batch_size=64, verbose=False)
+        model.fit(images[:128], on_epoch_end=keep_share)
+        assert (model.recipe, model.recipe_, shares[-1]) == ("auto", chosen, share)
+        model.save(tmp_path / chosen)
+        assert TSimCNE.load(tmp_path / chosen).recipe == chosen
 
 
 def test_a_custom_recipe_is_saved_and_loaded(tmp_path):

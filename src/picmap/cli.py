@@ -26,7 +26,7 @@ from .discover import DUPLICATE_THRESHOLD, Discoveries, discover
 from .estimator import TSimCNE, resolve_device
 from .evaluate import Embedding, K, Report, Score, quality_report
 from .model import BACKBONES
-from .recipes import RECIPES
+from .recipes import AUTO, RECIPES
 from .train import CHECKPOINT_FILE, DivergedError, Interrupted
 
 RUN_JSON = "run.json"
@@ -169,12 +169,12 @@ def main() -> None:
 )
 @click.option(
     "--backbone",
-    type=click.Choice(["auto", *BACKBONES]),
+    type=click.Choice([AUTO, *BACKBONES]),
     default="auto",
     show_default=True,
-    help="'auto': resnet18 on a GPU, small on a CPU. tiny: half the small CNN's width, "
-    "2.5x faster per step. mlp: two layers on the pixels, for small aligned images with "
-    "--recipe neighbours.",
+    help="'auto': resnet18 on a GPU; on a CPU mlp with the neighbours recipe (images up to "
+    "64x64 grey), else small. tiny: half the small CNN's width, 2.5x faster per step. mlp: two "
+    "layers on the pixels, for small aligned images with --recipe neighbours.",
 )
 @click.option(
     "--batch-size",
@@ -191,11 +191,12 @@ def main() -> None:
 )
 @click.option(
     "--recipe",
-    type=click.Choice(sorted(RECIPES)),
-    default="picmap",
+    type=click.Choice([AUTO, *sorted(RECIPES)]),
+    default=AUTO,
     show_default=True,
     help="'picmap': tuned for short runs; 'paper': the published t-SimCNE recipe; "
-    "'neighbours': positives from pixel-space neighbours, for aligned images such as digits.",
+    "'neighbours': positives from pixel-space neighbours, for aligned images such as digits. "
+    "'auto': neighbours for grey images, picmap for colour ones.",
 )
 @click.option("--device", default="auto", show_default=True, help="cuda, mps, cpu or auto.")
 @click.option(
@@ -316,14 +317,11 @@ def _fit(out_dir: Path, settings: dict, verbose: bool, writer: bool) -> None:
     store = to_store(store, image_size=settings["image_size"], verbose=verbose)
     on_gpu = resolve_device(settings["device"]).type == "cuda"
     epochs = _parse_epochs(settings["epochs"]) or (GPU_EPOCHS if on_gpu else CPU_EPOCHS)
-    backbone = settings["backbone"]
-    if backbone == "auto":
-        backbone = "resnet18" if on_gpu else "small"
     batch_size = settings["batch_size"] or _default_batch(len(store))
     if writer:
         write_text_atomic(out_dir / RUN_JSON, json.dumps(settings, indent=2))
     model = TSimCNE(
-        backbone,
+        settings["backbone"],
         out_dim=settings["out_dim"],
         total_epochs=list(epochs),
         batch_size=batch_size,
@@ -346,8 +344,8 @@ def _fit(out_dir: Path, settings: dict, verbose: bool, writer: bool) -> None:
     metrics = {
         "images": len(store),
         "image_size": store.image_size,
-        "backbone": backbone,
-        "recipe": settings["recipe"],
+        "backbone": model.backbone_,
+        "recipe": model.recipe_,
         "total_epochs": list(epochs),
         "batch_size": batch_size,
         "device": str(model.device_),

@@ -28,7 +28,7 @@ from .data.sources import to_store
 from .data.store import ImageStore
 from .loss import METRICS
 from .model import BACKBONES, EmbeddingNet, make_backbone, state_mismatch
-from .recipes import Recipe, resolve_recipe
+from .recipes import AUTO, Recipe, recipe_for_images, resolve_recipe
 from .train import Stage, TrainConfig, Trainer, largest_batch_size, warmup_epochs_for
 
 MODEL_FILE = "model.safetensors"
@@ -55,22 +55,24 @@ def resolve_device(device: str | torch.device) -> torch.device:
 class TSimCNE(BaseEstimator):
     """t-SimCNE: a parametric 2-D map of images learned by contrastive learning.
 
-    A network is trained so that two random augmentations of one image land close together
-    and all other images lie apart, under the Cauchy similarity ``1/(1+d²)`` of the map. It
+    A network is trained so that two random augmentations of one image (or, in the
+    "neighbours" recipe, of an image and a pixel-space neighbour) land close together and all
+    other images lie apart, under the Cauchy similarity ``1/(1+d²)`` of the map. It
     trains in three stages: (1) pre-training with a 128-D output, (2) a new 2-D readout layer
     trained alone, (3) the whole network fine-tuned at a fraction of the learning rate (the
     recipe's: 1/10 in picmap's, 1/1000 in the paper's).
 
     Parameters
     ----------
-    backbone : "resnet18", "small", "tiny", "mlp" or nn.Module
-        "resnet18" is the paper's CIFAR ResNet-18 (GPU recommended). "small" is a five-layer CNN
-        that makes CPU training practical for small images; "tiny" is the same CNN at half the
-        width, 2.5× faster per training step on a CPU. "mlp" is two hidden layers on the
-        pixels, for small aligned images (digits, clothing, cell crops) with
-        ``recipe="neighbours"``: the best map of Fashion-MNIST measured, and the fastest; no
-        backbone for photographs. Any module mapping a float batch ``N×C×H×W`` in [0, 1] to
-        ``N×feature_dim`` features may be passed.
+    backbone : "auto", "resnet18", "small", "tiny", "mlp" or nn.Module
+        "auto" (default): "resnet18" on CUDA; on other devices "mlp" for images the recipe pairs
+        with pixel neighbours (up to 64×64 grey), else "small". "resnet18" is the paper's CIFAR
+        ResNet-18 (GPU recommended). "small" is a five-layer CNN that makes CPU training
+        practical for small images; "tiny" is the same CNN at half the width, 2.5× faster per
+        training step on a CPU. "mlp" is two hidden layers on the pixels, for small aligned
+        images (digits, clothing, cell crops) with ``recipe="neighbours"``: the best map of
+        Fashion-MNIST measured, and the fastest; no backbone for photographs. Any module mapping
+        a float batch ``N×C×H×W`` in [0, 1] to ``N×feature_dim`` features may be passed.
     feature_dim : int, optional
         Output size of a custom backbone (required then; known for named ones).
     hidden_dim : int
@@ -111,11 +113,12 @@ class TSimCNE(BaseEstimator):
         On CUDA, run the network in bfloat16 autocast (the loss stays in float32).
     compile_network : bool
         Run the network through ``torch.compile``.
-    recipe : "picmap", "paper", "neighbours" or Recipe
+    recipe : "auto", "picmap", "paper", "neighbours" or Recipe
         The learning-rate rule, the stage-3 learning rate, the augmentation strength and the
         positive pairs (:mod:`picmap.recipes`). "paper" is the published t-SimCNE recipe;
         "picmap" is tuned for short runs; "neighbours" pairs each image with a pixel-space
-        neighbour, for aligned images (see ``benchmarks/RESULTS.md``).
+        neighbour, for aligned images. "auto" (default): "neighbours" for single-channel
+        images, "picmap" for colour ones (see ``benchmarks/RESULTS.md``).
     sync_batchnorm : bool
         When training on several GPUs (``torchrun``), compute BatchNorm statistics over the
         global batch instead of each GPU's share.
@@ -123,7 +126,7 @@ class TSimCNE(BaseEstimator):
 
     def __init__(
         self,
-        backbone: str | nn.Module = "resnet18",
+        backbone: str | nn.Module = AUTO,
         *,
         feature_dim: int | None = None,
         hidden_dim: int = 1024,
@@ -145,7 +148,7 @@ class TSimCNE(BaseEstimator):
         checkpoint_interval: float = 60.0,
         mixed_precision: bool = True,
         compile_network: bool = False,
-        recipe: str | Recipe = "picmap",
+        recipe: str | Recipe = AUTO,
         sync_batchnorm: bool = False,
     ) -> None:
         self.backbone = backbone
@@ -196,6 +199,8 @@ class TSimCNE(BaseEstimator):
             seed = self.seed if self.seed is not None else random.randrange(2**31)
             self.seed_ = distributed.same_everywhere(seed, self.device_)
             self.image_size_, self.channels_ = store.image_size, store.channels
+            self.recipe_ = recipe_for_images(self.recipe, store.channels)
+            self.backbone_ = self._choose_backbone()
             self.model_ = self._build_net(store.channels, self.device_)
             self.batch_size_ = self._choose_batch_size(len(store))
             trainer = Trainer(
@@ -225,9 +230,10 @@ class TSimCNE(BaseEstimator):
     def _check_params(self) -> None:
         if self.metric not in METRICS:
             raise ValueError(f"metric={self.metric!r} is not known; use one of {METRICS}")
-        if isinstance(self.backbone, str) and self.backbone not in BACKBONES:
+        if isinstance(self.backbone, str) and self.backbone not in (AUTO, *BACKBONES):
             raise ValueError(
-                f"backbone={self.backbone!r} is not known; use one of {BACKBONES} or an nn.Module"
+                f"backbone={self.backbone!r} is not known; use one of {(AUTO, *BACKBONES)} "
+                "or an nn.Module"
             )
         if isinstance(self.backbone, nn.Module) and not self.feature_dim:
             raise ValueError("a custom backbone needs feature_dim= (the size of its output)")
@@ -246,7 +252,8 @@ class TSimCNE(BaseEstimator):
         lr = self.learning_rate
         if lr != "auto" and not (isinstance(lr, int | float) and lr > 0 and math.isfinite(lr)):
             raise ValueError(f"learning_rate={lr!r} must be a positive number or 'auto'")
-        resolve_recipe(self.recipe)
+        if self.recipe != AUTO:
+            resolve_recipe(self.recipe)
         for name, whole, positive, optional in _NUMERIC_PARAMS:
             _check_number(name, getattr(self, name), whole, positive, optional)
 
@@ -257,12 +264,12 @@ class TSimCNE(BaseEstimator):
                 # A copy: fitting never changes the module the user passed in.
                 backbone, feature_dim = copy.deepcopy(self.backbone), int(self.feature_dim)
             else:
-                backbone, feature_dim = make_backbone(self.backbone, channels, self.image_size_)
+                backbone, feature_dim = make_backbone(self.backbone_, channels, self.image_size_)
             net = EmbeddingNet(backbone, feature_dim, self.hidden_dim, _PRETRAIN_DIM)
         return net.to(device)
 
     def _train_config(self) -> TrainConfig:
-        batch, recipe = self.batch_size_, resolve_recipe(self.recipe)
+        batch, recipe = self.batch_size_, resolve_recipe(self.recipe_)
         auto_lr = self.learning_rate == "auto"
         lr = recipe.lr_per_256 * batch / 256 if auto_lr else self.learning_rate
         e1, e2, e3 = self.total_epochs
@@ -295,6 +302,22 @@ class TSimCNE(BaseEstimator):
             sync_batchnorm=self.sync_batchnorm,
             verbose=self._talks(),
         )
+
+    def _choose_backbone(self) -> str | nn.Module:
+        """The backbone asked for; for "auto" resnet18 on CUDA, else a CPU-sized network.
+
+        On a CPU, images that the recipe pairs with pixel neighbours get the MLP when they have at
+        most ``_MLP_MAX_INPUTS`` pixel values (the best Fashion-MNIST map, benchmarks/RESULTS.md);
+        all others the small CNN.
+        """
+        if self.backbone != AUTO:
+            return self.backbone
+        if self.device_.type == "cuda":
+            return "resnet18"
+        inputs = self.channels_ * self.image_size_**2
+        if resolve_recipe(self.recipe_).neighbour_share > 0 and inputs <= _MLP_MAX_INPUTS:
+            return "mlp"
+        return "small"
 
     def _talks(self) -> bool:
         """Whether this process shows progress and warnings (with several, only rank 0)."""
@@ -374,12 +397,13 @@ class TSimCNE(BaseEstimator):
         with atomic_path(folder / MODEL_FILE) as tmp:
             save_file(state, str(tmp))
         params = self.get_params()
-        params["backbone"] = params["backbone"] if isinstance(self.backbone, str) else "custom"
+        params["backbone"] = self.backbone_ if isinstance(self.backbone_, str) else "custom"
+        params["recipe"] = self.recipe_
         params["device"] = str(params["device"])
         params["total_epochs"] = list(params["total_epochs"])
         params["checkpoint_dir"] = None
-        if not isinstance(self.recipe, str):
-            params["recipe"] = resolve_recipe(self.recipe).to_json()
+        if not isinstance(self.recipe_, str):
+            params["recipe"] = resolve_recipe(self.recipe_).to_json()
         config = {
             "format_version": FORMAT_VERSION,
             "params": params,
@@ -409,6 +433,7 @@ class TSimCNE(BaseEstimator):
         except ValueError as err:
             raise ValueError(f"{folder / CONFIG_FILE}: {err}; re-save the model") from None
         model.device_ = resolve_device(device)
+        model.backbone_, model.recipe_ = model.backbone, model.recipe
         model.seed_ = config["seed"]
         model.image_size_, model.channels_ = config["image_size"], config["channels"]
         model.class_names_ = config["class_names"]
@@ -419,6 +444,10 @@ class TSimCNE(BaseEstimator):
         model.model_.load_state_dict(weights)
         return model
 
+
+# The most pixel values per image (channels × side²) for which "auto" picks the MLP on a CPU:
+# its first layer has 512 weights per value (64×64 grey: 2.1M).
+_MLP_MAX_INPUTS = 64 * 64
 
 # Further numeric parameters: (name, whole number?, > 0 (else ≥ 0)?, None allowed?)
 _NUMERIC_PARAMS = (

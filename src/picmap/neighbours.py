@@ -3,8 +3,12 @@
 A recipe may pair an image with one of its nearest neighbours instead of with a second view of
 itself (contrastive neighbour embeddings: Damrich, Böhm, Hamprecht & Kobak, ICLR 2023, show that
 positives drawn from a kNN graph turn the contrastive loss into t-SNE's). Neighbours are found
-after a PCA of the pixels, as t-SNE does, by exact search in chunks on the training device:
-quadratic in the number of images. On a CPU 60,000 images take under a minute (43 s measured
+after a PCA, as t-SNE does, of the square roots of the pixel intensities: distances between
+them are Hellinger distances, in which faint strokes weigh more than in plain pixels. On the 10k
+Fashion-MNIST subset that makes 77.6 % of each image's 15 neighbours share its class instead of
+75.4 %, and the map 2 points better; on digits the share drops from 95.1 % to 93.9 %
+(benchmarks/RESULTS.md). The search is exact, in chunks on the training device: quadratic in
+the number of images. On a CPU 60,000 images take under a minute (43 s measured
 on 2 busy cores); a million would take hours there, which is work for a GPU.
 """
 
@@ -22,8 +26,9 @@ def _rows_at_once(width: int) -> int:
     return max(1, _FLOATS_AT_ONCE // width)
 
 
-def _flat(images: torch.Tensor, device: torch.device) -> torch.Tensor:
-    return images.to(device).flatten(1).float() / 255
+def _root_pixels(images: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Each image as one row of the square roots of its intensities, scaled to [0, 1]."""
+    return (images.to(device).flatten(1).float() / 255).sqrt()
 
 
 def principal_axes(sample: torch.Tensor, dims: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -33,15 +38,20 @@ def principal_axes(sample: torch.Tensor, dims: int) -> tuple[torch.Tensor, torch
 
 
 @torch.no_grad()
-def pixel_pca(images: torch.Tensor, device: torch.device, dims: int = _PCA_DIMS) -> torch.Tensor:
-    """Every image's first ``dims`` principal components (of a sample's pixels), float32."""
+def root_pixel_pca(
+    images: torch.Tensor, device: torch.device, dims: int = _PCA_DIMS
+) -> torch.Tensor:
+    """Every image's first ``dims`` principal components of its square-rooted pixels, float32.
+
+    The axes are those of a sample of up to ``_PCA_SAMPLE`` images.
+    """
     rows = _rows_at_once(images[0].numel())
     step = max(1, len(images) // min(_PCA_SAMPLE, max(rows, 4 * dims)))
-    sample = _flat(images[::step], device)
+    sample = _root_pixels(images[::step], device)
     centre, axes = principal_axes(sample, dims)
     return torch.cat(
         [
-            (_flat(images[i : i + rows], device) - centre) @ axes.T
+            (_root_pixels(images[i : i + rows], device) - centre) @ axes.T
             for i in range(0, len(images), rows)
         ]
     )

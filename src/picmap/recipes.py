@@ -12,6 +12,8 @@ from dataclasses import asdict, dataclass, fields
 from .augment import AugmentConfig
 
 READOUT_INITS = ("random", "pca")
+# The recipe (and estimator backbone) name that means: choose from the images.
+AUTO = "auto"
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,21 @@ RECIPES = {
 }
 
 
+def recipe_for_images(recipe: str | Recipe | dict, channels: int) -> str | Recipe | dict:
+    """``recipe``, or for "auto" the named recipe that suits images of ``channels`` channels.
+
+    Single-channel images (digits, clothing, scans, cell crops) are mostly aligned shapes whose
+    pixel neighbours share content: "neighbours" beats "picmap" on both such datasets measured
+    (digits, demo schedule: 95.3 % with the MLP, 96.5 % with the small CNN, against 81.4 %;
+    Fashion-MNIST: 80.1 % in 14 CPU minutes, where the best "picmap" map within 20 was 57 %).
+    Colour images are taken for photographs, where augmentations ("picmap") are what t-SimCNE
+    was made for.
+    """
+    if recipe != AUTO:
+        return recipe
+    return "neighbours" if channels == 1 else "picmap"
+
+
 def resolve_recipe(recipe: str | Recipe | dict) -> Recipe:
     """The recipe named (or given, or described by a dict from :meth:`Recipe.to_json`)."""
     if isinstance(recipe, Recipe):
@@ -89,5 +106,6 @@ def resolve_recipe(recipe: str | Recipe | dict) -> Recipe:
         except (TypeError, ValueError) as err:
             raise ValueError(f"recipe {recipe!r} is not valid: {err}") from None
     if recipe not in RECIPES:
-        raise ValueError(f"recipe={recipe!r} is not known; use one of {sorted(RECIPES)}")
+        known = sorted(RECIPES) + ([] if recipe == AUTO else [AUTO])
+        raise ValueError(f"recipe={recipe!r} is not known; use one of {known}")
     return RECIPES[recipe]

@@ -29,7 +29,7 @@ from .augment import AugmentConfig, augment
 from .data.batches import DeviceBatches
 from .loss import info_nce
 from .model import EmbeddingNet, state_mismatch
-from .neighbours import draw_partners, nearest_neighbours, pixel_pca, principal_axes
+from .neighbours import draw_partners, nearest_neighbours, principal_axes, root_pixel_pca
 
 logger = logging.getLogger("picmap")
 
@@ -400,7 +400,7 @@ class Trainer:
                 "in pixel space",
                 self._verbose,
             )
-            points = pixel_pca(self.images, self.device)
+            points = root_pixel_pca(self.images, self.device)
             self._neighbours = nearest_neighbours(points, self.config.neighbour_k)
         return self._neighbours
 
