@@ -58,9 +58,10 @@ def test_recipe_sets_the_learning_rates_and_positives(recipe, lr, finetune, crop
 def test_auto_recipe_pairs_grey_images_with_neighbours_and_colour_ones_with_views(tmp_path):
     grey, _ = datasets.load("digits")
     colour = grey[..., None].repeat(3, axis=-1)
-    assert recipe_for_images("auto", 1) == "neighbours"
-    assert recipe_for_images("auto", 3) == "picmap"
-    assert recipe_for_images("paper", 1) == "paper"  # a recipe asked for is kept
+    assert recipe_for_images("auto", 1, 16) == "neighbours"
+    assert recipe_for_images("auto", 1, 15) == "picmap"  # too few for 15 neighbours each
+    assert recipe_for_images("auto", 3, 1000) == "picmap"
+    assert recipe_for_images("paper", 1, 1000) == "paper"  # a recipe asked for is kept
     shares = []
 
     def keep_share(trainer) -> None:

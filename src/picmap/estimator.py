@@ -118,7 +118,8 @@ class TSimCNE(BaseEstimator):
         positive pairs (:mod:`picmap.recipes`). "paper" is the published t-SimCNE recipe;
         "picmap" is tuned for short runs; "neighbours" pairs each image with a pixel-space
         neighbour, for aligned images. "auto" (default): "neighbours" for single-channel
-        images, "picmap" for colour ones (see ``benchmarks/RESULTS.md``).
+        images, "picmap" for colour ones and for fewer than 16 images (see
+        ``benchmarks/RESULTS.md``).
     sync_batchnorm : bool
         When training on several GPUs (``torchrun``), compute BatchNorm statistics over the
         global batch instead of each GPU's share.
@@ -199,7 +200,7 @@ class TSimCNE(BaseEstimator):
             seed = self.seed if self.seed is not None else random.randrange(2**31)
             self.seed_ = distributed.same_everywhere(seed, self.device_)
             self.image_size_, self.channels_ = store.image_size, store.channels
-            self.recipe_ = recipe_for_images(self.recipe, store.channels)
+            self.recipe_ = recipe_for_images(self.recipe, store.channels, len(store))
             self.backbone_ = self._choose_backbone()
             self.model_ = self._build_net(store.channels, self.device_)
             self.batch_size_ = self._choose_batch_size(len(store))

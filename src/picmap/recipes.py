@@ -78,19 +78,23 @@ RECIPES = {
 }
 
 
-def recipe_for_images(recipe: str | Recipe | dict, channels: int) -> str | Recipe | dict:
-    """``recipe``, or for "auto" the named recipe that suits images of ``channels`` channels.
+def recipe_for_images(
+    recipe: str | Recipe | dict, channels: int, count: int
+) -> str | Recipe | dict:
+    """``recipe``, or for "auto" the named recipe that suits ``count`` images of ``channels``
+    channels.
 
     Single-channel images (digits, clothing, scans, cell crops) are mostly aligned shapes whose
     pixel neighbours share content: "neighbours" beats "picmap" on both such datasets measured
     (digits, demo schedule: 95.3 % with the MLP, 96.5 % with the small CNN, against 81.4 %;
     Fashion-MNIST: 80.1 % in 14 CPU minutes, where the best "picmap" map within 20 was 57 %).
     Colour images are taken for photographs, where augmentations ("picmap") are what t-SimCNE
-    was made for.
+    was made for, and so are collections too small to have ``neighbour_k`` neighbours each.
     """
     if recipe != AUTO:
         return recipe
-    return "neighbours" if channels == 1 else "picmap"
+    enough = count > RECIPES["neighbours"].neighbour_k
+    return "neighbours" if channels == 1 and enough else "picmap"
 
 
 def resolve_recipe(recipe: str | Recipe | dict) -> Recipe:
