@@ -8,8 +8,8 @@ them are Hellinger distances, in which faint strokes weigh more than in plain pi
 Fashion-MNIST subset that makes 77.6 % of each image's 15 neighbours share its class instead of
 75.4 %, and the map 2 points better; on digits the share drops from 95.1 % to 93.9 %
 (benchmarks/RESULTS.md). The search is exact, in chunks on the training device: quadratic in
-the number of images. On a CPU 60,000 images take under a minute (43 s measured
-on 2 busy cores); a million would take hours there, which is work for a GPU.
+the number of images. On a CPU 60,000 images take under a minute (43 s measured on 2 busy
+cores); a million would take hours there, which is work for a GPU.
 """
 
 from __future__ import annotations
