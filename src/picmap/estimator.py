@@ -399,12 +399,11 @@ class TSimCNE(BaseEstimator):
             save_file(state, str(tmp))
         params = self.get_params()
         params["backbone"] = self.backbone_ if isinstance(self.backbone_, str) else "custom"
-        params["recipe"] = self.recipe_
+        recipe = self.recipe_
+        params["recipe"] = recipe if isinstance(recipe, str) else resolve_recipe(recipe).to_json()
         params["device"] = str(params["device"])
         params["total_epochs"] = list(params["total_epochs"])
         params["checkpoint_dir"] = None
-        if not isinstance(self.recipe_, str):
-            params["recipe"] = resolve_recipe(self.recipe_).to_json()
         config = {
             "format_version": FORMAT_VERSION,
             "params": params,
