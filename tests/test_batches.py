@@ -45,3 +45,14 @@ def test_training_from_streamed_data_equals_resident_training():
         trainer.batches.streaming = streaming
         losses.append(trainer.run())
     assert losses[0] == losses[1]
+
+
+def test_a_device_named_without_its_index_is_the_device_the_images_are_on():
+    # torch.device("cuda") != torch.device("cuda:0") (the device a CUDA tensor reports); the
+    # CPU shows the same mismatch with "cpu:0", so this catches it without a GPU.
+    images = _images()
+    for name in ("cpu", "cpu:0"):
+        batches = DeviceBatches(images, torch.device(name), 8)
+        assert not batches.streaming
+        first = next(batches.epoch(torch.arange(40)))
+        assert first[:, 0, 0, 0].tolist() == list(range(8))

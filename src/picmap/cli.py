@@ -16,6 +16,7 @@ import click
 import numpy as np
 
 from . import distributed, outputs
+from ._folder_lock import FolderBusyError, exclusive_folder
 from ._io import displayable, remove_stale_temporary_files, write_text_atomic
 from .baselines import check_installed, run_baselines
 from .data import datasets
@@ -123,16 +124,32 @@ def _warnings_as_messages():
         yield
 
 
+def _unwritable(out: Path, err: OSError) -> CliError:
+    return CliError(f"cannot write to --out {out} ({_error_text(err)}); choose a writable folder")
+
+
+def _hold_folder(stack: contextlib.ExitStack, out: Path, command: str) -> None:
+    """Hold ``out`` until ``stack`` closes; one error line if another process writes there."""
+    try:
+        stack.enter_context(exclusive_folder(out, command))
+    except FolderBusyError as err:
+        raise CliError(str(err)) from None
+    except OSError as err:
+        raise _unwritable(out, err) from None
+
+
 def _start_log(out: Path) -> logging.Handler:
-    """Create the output folder, clear what killed writers left there, and log to run.log."""
+    """Create the output folder, clear what killed writers left there, and log to run.log.
+
+    Call it only while holding the folder (``_hold_folder``): the temporary files it removes
+    would otherwise be those of a writer that is still alive.
+    """
     try:
         out.mkdir(parents=True, exist_ok=True)
         remove_stale_temporary_files(out)
         handler = logging.FileHandler(out / RUN_LOG, encoding="utf-8", errors="replace")
     except OSError as err:
-        raise CliError(
-            f"cannot write to --out {out} ({_error_text(err)}); choose a writable folder"
-        ) from None
+        raise _unwritable(out, err) from None
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
     logger = logging.getLogger("picmap")
     logger.setLevel(logging.INFO)
@@ -243,6 +260,17 @@ def fit(source: str, out: str, resume: bool, quiet: bool, **options) -> None:
     """
     out_dir = Path(out)
     writer = distributed.rank() == 0
+    with contextlib.ExitStack() as stack:
+        if writer:  # only rank 0 writes to the folder
+            _hold_folder(stack, out_dir, "picmap fit")
+        _fit_command(source, out, resume, quiet, options, writer)
+
+
+def _fit_command(
+    source: str, out: str, resume: bool, quiet: bool, options: dict, writer: bool
+) -> None:
+    """`picmap fit`, while this process holds the output folder (or is not rank 0)."""
+    out_dir = Path(out)
     if resume:
         settings = _resumed_settings(out_dir)
         finished = (out_dir / outputs.METRICS_JSON).exists()
@@ -296,14 +324,19 @@ def _resumed_settings(out_dir: Path) -> dict:
         raise CliError(f"{damaged} ({_error_text(err)})") from None
     if not isinstance(saved, dict) or not isinstance(saved.get("source"), str):
         raise CliError(damaged)
-    ctx = click.get_current_context()
+    # The defaults as `picmap fit` itself parses them, for keys run.json lacks (click's own
+    # `Parameter.default` is no use here: since click 8.3 it can be a sentinel, not a value).
+    defaults = fit.make_context("fit", ["--out", str(out_dir), "--", saved["source"]]).params
     settings = {"source": saved["source"]}
     for param in fit.params:  # also when `plot` or `evaluate` re-read a finished run
         if param.name in ("source", "out", "resume", "quiet"):
             continue
-        value = saved.get(param.name, param.default)
+        if param.name not in saved:
+            settings[param.name] = defaults[param.name]
+            continue
+        value = saved[param.name]
         try:
-            settings[param.name] = param.type_cast_value(ctx, value)
+            settings[param.name] = param.type_cast_value(click.get_current_context(), value)
         except click.BadParameter as err:
             raise CliError(f"{damaged} ({param.name}={value!r}: {err.message})") from None
     return settings
@@ -458,11 +491,13 @@ def transform(run_dir: str, source: str, out: str, quiet: bool) -> None:
 def plot(run_dir: str) -> None:
     """Redraw map.png and thumbnails.png of the run in RUN_DIR."""
     out_dir = Path(run_dir)
-    Y, store = _run_data(out_dir)
     from . import plot as plotting
 
-    plotting.scatter_map(Y, store.labels, store.class_names, path=out_dir / outputs.MAP_PNG)
-    plotting.thumbnail_map(Y, store.images, path=out_dir / outputs.THUMBNAILS_PNG)
+    with contextlib.ExitStack() as stack:
+        _hold_folder(stack, out_dir, "picmap plot")
+        Y, store = _run_data(out_dir)
+        plotting.scatter_map(Y, store.labels, store.class_names, path=out_dir / outputs.MAP_PNG)
+        plotting.thumbnail_map(Y, store.images, path=out_dir / outputs.THUMBNAILS_PNG)
     click.echo(f"picmap: figures written to {out_dir}", err=True)
 
 
@@ -526,6 +561,15 @@ def evaluate_run(
             check_installed()
         except ImportError as err:
             raise CliError(str(err)) from None
+    with contextlib.ExitStack() as stack:
+        _hold_folder(stack, out_dir, "picmap evaluate")
+        _evaluate_in(out_dir, with_baselines, k, duplicate_threshold, device)
+
+
+def _evaluate_in(
+    out_dir: Path, with_baselines: bool, k: int, duplicate_threshold: float, device: str
+) -> None:
+    """`picmap evaluate`, while this process holds the run folder."""
     Y, store = _run_data(out_dir)
     settings = _resumed_settings(out_dir)
     handler = _start_log(out_dir)
@@ -636,11 +680,11 @@ def explore(run_dir: str, serve: bool, port: int) -> None:
         webbrowser.open(page.resolve().as_uri())
         click.echo(f"picmap: opened {page}", err=True)
         return
-    import functools
     import http.server
 
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(page.parent))
-    with http.server.ThreadingHTTPServer(("127.0.0.1", port), handler) as server:
+    from .explore.serve import page_only_handler
+
+    with http.server.ThreadingHTTPServer(("127.0.0.1", port), page_only_handler(page)) as server:
         click.echo(f"picmap: serving http://127.0.0.1:{port}/{page.name} (Ctrl-C stops)", err=True)
         with contextlib.suppress(KeyboardInterrupt):
             server.serve_forever()

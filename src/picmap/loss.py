@@ -5,7 +5,6 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from torch.distributed._functional_collectives import all_gather_single_autograd
 
 METRICS = ("cauchy", "cosine")
 
@@ -26,12 +25,36 @@ def log_similarity(
     raise ValueError(f"metric={metric!r} is not known; use one of {METRICS}")
 
 
+class _GatherWithGradients(torch.autograd.Function):
+    """All processes' rows, stacked in rank order; backward hands each process the gradient of
+    its own rows summed over all processes (every process's loss depends on every row).
+
+    Written here because PyTorch's autograd gathers keep moving: torch.distributed.nn's is
+    deprecated in 2.14 and `_functional_collectives.all_gather_single_autograd` is missing from
+    2.11. All-reduce instead of reduce-scatter in backward, because gloo has no reduce-scatter;
+    the gradient is 2·batch × dim floats, tiny next to the network's all-reduce.
+    """
+
+    @staticmethod
+    def forward(ctx, z: torch.Tensor) -> torch.Tensor:
+        z = z.contiguous()
+        gathered = z.new_empty((dist.get_world_size() * len(z), *z.shape[1:]))
+        dist.all_gather_into_tensor(gathered, z)
+        return gathered
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.contiguous()
+        dist.all_reduce(grad)
+        rows = len(grad) // dist.get_world_size()
+        return grad[dist.get_rank() * rows : (dist.get_rank() + 1) * rows]
+
+
 def _gather_across_processes(z: torch.Tensor) -> tuple[torch.Tensor, int]:
     """All processes' rows, with gradients flowing back to each; and this process's offset."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return z, 0
-    # PyTorch's replacement for torch.distributed.nn.functional.all_gather (deprecated in 2.14).
-    return all_gather_single_autograd(z, 0, dist.group.WORLD), dist.get_rank() * len(z)
+    return _GatherWithGradients.apply(z), dist.get_rank() * len(z)
 
 
 def info_nce(

@@ -7,6 +7,23 @@ from collections.abc import Iterator
 import torch
 
 
+def same_device(a: torch.device, b: torch.device) -> bool:
+    """Whether ``a`` and ``b`` name one device, reading a missing index as the one meant.
+
+    ``torch.device("cuda")`` is the current CUDA device, which a tensor reports as ``cuda:0``;
+    and a CPU is one device whatever index it is given. Plain ``==`` says they differ.
+    """
+
+    def index(device: torch.device) -> int:
+        if device.type == "cpu":
+            return 0
+        if device.index is not None:
+            return device.index
+        return torch.cuda.current_device() if device.type == "cuda" else 0
+
+    return a.type == b.type and index(a) == index(b)
+
+
 class DeviceBatches:
     """Serve the batches of an epoch on ``device``.
 
@@ -37,7 +54,7 @@ class DeviceBatches:
         self.batch_size = batch_size
         self.share = batch_size // parts
         self._offset = rank * self.share
-        self.streaming = images.device != self.device
+        self.streaming = not same_device(images.device, self.device)
         pin = self.streaming and self.device.type == "cuda"
         shape = (self.share, *images.shape[1:])
         self._buffers = [torch.empty(shape, dtype=torch.uint8, pin_memory=pin) for _ in range(2)]
