@@ -1,5 +1,6 @@
 import itertools
 import math
+import sys
 
 import pytest
 import torch
@@ -165,6 +166,31 @@ def test_largest_batch_size_halves_until_the_step_fits():
     assert tried == [2048, 1024, 512, 256]
 
 
+def test_largest_batch_size_frees_memory_outside_the_failed_step(monkeypatch):
+    # cuBLAS reports running out of memory as a RuntimeError; memory is freed only once the
+    # traceback (which holds the failed step's tensors) is gone.
+    freed_while_handling = []
+    monkeypatch.setattr(
+        "picmap.train.free_device_memory",
+        lambda: freed_while_handling.append(sys.exc_info()[0] is not None),
+    )
+
+    def step(batch: int) -> None:
+        if batch > 64:
+            raise RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling cublasCreate")
+
+    assert largest_batch_size(step, 512) == 64
+    assert freed_while_handling == [False, False, False]
+
+
+def test_largest_batch_size_passes_other_errors_on():
+    def step(batch: int) -> None:
+        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
+
+    with pytest.raises(RuntimeError, match="shapes cannot be multiplied"):
+        largest_batch_size(step, 512)
+
+
 def test_pca_readout_starts_the_map_as_the_pca_of_the_previous_output():
     stages = [Stage(2, 0.05, 0, 128, False), Stage(0, 0.05, 0, 2, True)]
     trainer = Trainer(_net(), _images(), _config(stages, readout_init="pca"), 0)
@@ -231,3 +257,24 @@ def test_time_estimate_leaves_out_the_first_step(monkeypatch, caplog):
         trainer.run()
     # 4 steps an epoch: 8 + 8 full steps, and 4 readout-only steps counted at 0.4.
     assert "estimated training time 18 s" in caplog.text
+
+
+@pytest.mark.parametrize("mixed_precision", [True, False])
+def test_without_mixed_precision_training_turns_tf32_off_and_restores_it(mixed_precision):
+    seen = []
+    config = _config([Stage(1, 0.05, 0, 2, False)], mixed_precision=mixed_precision)
+    trainer = Trainer(_net(), _images(), config, 0)
+    trainer.on_epoch_end = lambda _: seen.append(
+        (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    )
+    before = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        trainer.run()
+        assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == (
+            True,
+            True,
+        )
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before
+    assert seen == [(True, True)] if mixed_precision else [(False, False)]

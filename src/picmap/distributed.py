@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import torch
 import torch.distributed as dist
@@ -75,12 +75,17 @@ def _device_id(device: torch.device) -> torch.device | None:
 
 def agree(value: float, device: torch.device, op: str = "max") -> float:
     """The largest (``op="max"``), smallest or summed ``value`` over all processes."""
+    return agree_all([value], device, op)[0]
+
+
+def agree_all(values: Sequence[float], device: torch.device, op: str = "max") -> list[float]:
+    """:func:`agree` for several values in one all-reduce (one wait for the device, not many)."""
     if not active():
-        return value
+        return [float(v) for v in values]
     ops = {"max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN, "sum": dist.ReduceOp.SUM}
-    tensor = torch.tensor([float(value)], dtype=torch.float64, device=device)
+    tensor = torch.tensor([float(v) for v in values], dtype=torch.float64, device=device)
     dist.all_reduce(tensor, ops[op])
-    return float(tensor)
+    return tensor.tolist()
 
 
 def same_everywhere(value: int, device: torch.device) -> int:

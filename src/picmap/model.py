@@ -84,7 +84,13 @@ class ProjectionHead(nn.Module):
         self.readout = nn.Linear(hidden_dim, out_dim)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.readout(self.hidden(features))
+        hidden = self.hidden(features)
+        if not torch.amp.is_autocast_available(hidden.device.type):
+            return self.readout(hidden)
+        # The readout in float32 even under bf16 autocast: bf16 steps are 0.25–0.5 at the map's
+        # magnitudes, as large as neighbour distances under the Cauchy kernel; and it is cheap.
+        with torch.autocast(hidden.device.type, enabled=False):
+            return self.readout(hidden.float())
 
 
 class EmbeddingNet(nn.Module):

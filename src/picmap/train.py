@@ -6,13 +6,15 @@ for a 2-D (or 3-D) one and trains only that layer; stage 3 fine-tunes everything
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import itertools
 import json
 import logging
 import math
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -128,19 +130,53 @@ def stream_seed(seed: int, *position: int) -> int:
     return int(words[0]) << 31 | int(words[1]) >> 1
 
 
+# How cuBLAS and cuDNN say they ran out of memory (as RuntimeError, not OutOfMemoryError).
+_OUT_OF_MEMORY_TEXTS = ("out of memory", "CUBLAS_STATUS_ALLOC_FAILED", "CUDNN_STATUS_ALLOC_FAILED")
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    """Whether ``err`` says the device ran out of memory, whichever library raised it."""
+    if isinstance(err, torch.OutOfMemoryError):
+        return True
+    return isinstance(err, RuntimeError) and any(t in str(err) for t in _OUT_OF_MEMORY_TEXTS)
+
+
+def free_device_memory() -> None:
+    """Return cached, unreferenced GPU memory (no-op without CUDA)."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 def largest_batch_size(try_step: Callable[[int], None], start: int) -> int:
-    """The largest of ``start, start/2, …, 2`` for which ``try_step`` runs out of no GPU memory."""
+    """The largest of ``start, start/2, …, 2`` for which ``try_step`` runs out of no memory."""
     batch = start
-    while batch > 2:
+    while True:
         try:
             try_step(batch)
             return batch
-        except torch.OutOfMemoryError:
-            batch //= 2
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-    try_step(batch)
-    return batch
+        except RuntimeError as err:  # OutOfMemoryError is a RuntimeError
+            if batch <= 2 or not is_out_of_memory(err):
+                raise
+        # Freed here, not in the except block, whose traceback still holds the step's tensors.
+        free_device_memory()
+        batch //= 2
+
+
+@contextlib.contextmanager
+def _exact_float32(enabled: bool) -> Iterator[None]:
+    """With ``enabled``, float32 means float32 for the block: no TF32 in cuDNN convolutions
+    (PyTorch's default) or CUDA matmuls. The flags are restored afterwards."""
+    if not enabled:
+        yield
+        return
+    backends = torch.backends
+    saved = backends.cudnn.allow_tf32, backends.cuda.matmul.allow_tf32
+    backends.cudnn.allow_tf32 = backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        backends.cudnn.allow_tf32, backends.cuda.matmul.allow_tf32 = saved
 
 
 def _report(message: str, verbose: bool) -> None:
@@ -242,6 +278,10 @@ class Trainer:
 
     def run(self) -> list[list[float]]:
         """Train every remaining step of every stage; returns the loss per epoch per stage."""
+        with _exact_float32(not self.config.mixed_precision):
+            return self._run()
+
+    def _run(self) -> list[list[float]]:
         p = self.progress
         self._estimate_logged |= p.stage > 0 or p.epoch > 0 or p.step > 0
         while p.stage < len(self.config.stages):
@@ -416,8 +456,9 @@ class Trainer:
         step = self.progress.step
         if step % _AGREE_EVERY and step != self.steps_per_epoch:
             return False
-        self.stop_requested |= bool(distributed.agree(self.stop_requested, self.device))
-        return bool(distributed.agree(due, self.device))
+        stop, due = distributed.agree_all([self.stop_requested, due], self.device)
+        self.stop_requested |= bool(stop)
+        return bool(due)
 
     def _mean_over_processes(self, value: torch.Tensor) -> float:
         return distributed.agree(float(value), self.device, "sum") / self.world_size
@@ -444,6 +485,8 @@ class Trainer:
     def _time_step(self) -> None:
         """Time the steps after the first (which also pays for warm-up and the neighbour search)
         and, after ``_TIMED_STEPS`` of them, say how long the whole fit will take."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)  # the host is ahead of the queued steps
         now = time.perf_counter()
         if self._timed is None:
             self._timed = (now, 0)

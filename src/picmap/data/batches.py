@@ -33,8 +33,8 @@ class DeviceBatches:
 
     When the images already live on ``device`` a batch is one indexing operation. Otherwise
     (the data does not fit in GPU memory) each batch is gathered on the host into one of two
-    pinned buffers and copied asynchronously, one step ahead, so the copy overlaps the
-    previous step's compute and the GPU does not wait.
+    pinned buffers and copied asynchronously, one step ahead, on a stream of its own, so the
+    copy overlaps the previous step's compute and the GPU does not wait.
     """
 
     def __init__(
@@ -58,7 +58,9 @@ class DeviceBatches:
         pin = self.streaming and self.device.type == "cuda"
         shape = (self.share, *images.shape[1:])
         self._buffers = [torch.empty(shape, dtype=torch.uint8, pin_memory=pin) for _ in range(2)]
-        self._copied = [None, None]
+        self._copied: list[torch.cuda.Event | None] = [None, None]
+        # Copies queued on the compute stream would wait for the step before them.
+        self._copy_stream = torch.cuda.Stream(self.device) if pin else None
 
     def __len__(self) -> int:
         return len(self.images) // self.batch_size
@@ -74,6 +76,10 @@ class DeviceBatches:
         ahead = self._send(order, start) if start < len(self) else None
         for step in range(start, len(self)):
             current = ahead
+            if self._copy_stream is not None:
+                compute = torch.cuda.current_stream(self.device)
+                self._copied[step % 2].wait(compute)  # the compute stream waits, not the host
+                current.record_stream(compute)  # its memory is not reused while compute reads it
             ahead = self._send(order, step + 1) if step + 1 < len(self) else None
             yield current
 
@@ -86,8 +92,10 @@ class DeviceBatches:
         if self._copied[slot] is not None:
             self._copied[slot].synchronize()  # the buffer's previous copy has finished
         torch.index_select(self.images, 0, self._indices(order, step), out=self._buffers[slot])
-        batch = self._buffers[slot].to(self.device, non_blocking=True)
-        if self.device.type == "cuda":
+        if self._copy_stream is None:
+            return self._buffers[slot].to(self.device)
+        with torch.cuda.stream(self._copy_stream):
+            batch = self._buffers[slot].to(self.device, non_blocking=True)
             self._copied[slot] = torch.cuda.Event()
-            self._copied[slot].record()
+            self._copied[slot].record(self._copy_stream)
         return batch
