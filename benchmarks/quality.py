@@ -15,6 +15,8 @@ the 70,000 that keeps the train/test proportions (to check the protocol quickly)
         --no-baselines                                # the recipes side by side
     python benchmarks/quality.py --full --subset 2000 --epochs 2,1,1   # a quick check
     python benchmarks/quality.py --full --device cuda --backbone resnet18 --epochs 200,10,40
+    python benchmarks/quality.py --export data.npz    # the chosen images, for a machine without
+    python benchmarks/quality.py --data data.npz      # the Debian package; then read from there
 """
 
 from __future__ import annotations
@@ -57,6 +59,23 @@ def load_data(
     return images, labels, is_test if full else None
 
 
+def read_data(
+    path: str, subset: int | None, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """What ``--export`` wrote, or a stratified ``subset`` of it."""
+    with np.load(path, allow_pickle=False) as saved:
+        images, labels = saved["images"], saved["labels"]
+        held_out = saved["held_out"] if "held_out" in saved.files else None
+    if subset and subset < len(images):
+        keep, _ = train_test_split(
+            np.arange(len(images)), train_size=subset, stratify=labels, random_state=seed
+        )
+        keep = np.sort(keep)
+        images, labels = images[keep], labels[keep]
+        held_out = None if held_out is None else held_out[keep]
+    return images, labels, held_out
+
+
 def run_picmap(
     images: np.ndarray, recipe: str, args: argparse.Namespace
 ) -> tuple[Embedding, Embedding]:
@@ -71,6 +90,7 @@ def run_picmap(
         seed=args.seed,
         mixed_precision=not args.fp32,
         compile_network=args.compile,
+        verbose=not args.quiet,
     )
     started = time.perf_counter()
     Y = model.fit_transform(images)
@@ -114,9 +134,27 @@ def main() -> None:
     parser.add_argument(
         "--no-baselines", action="store_true", help="only picmap's map and features"
     )
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument(
+        "--data",
+        default=None,
+        help="read the images from this .npz (as --export writes it) instead of the package",
+    )
+    parser.add_argument(
+        "--export", default=None, help="write the chosen images to this .npz and stop"
+    )
     args = parser.parse_args()
 
-    images, labels, held_out = load_data(args.full, args.subset, args.seed)
+    images, labels, held_out = (
+        read_data(args.data, args.subset, args.seed)
+        if args.data
+        else load_data(args.full, args.subset, args.seed)
+    )
+    if args.export:
+        mask = {} if held_out is None else {"held_out": held_out}
+        np.savez_compressed(args.export, images=images, labels=labels, **mask)
+        print(f"wrote {len(images):,} images to {args.export}")
+        return
     recipes = args.recipes.split(",")
     the_map, features = run_picmap(images, recipes[0], args)
     baselines = [run_picmap(images, recipe, args)[0] for recipe in recipes[1:]]
@@ -125,7 +163,7 @@ def main() -> None:
     report = quality_report(
         the_map, features, labels, baselines=baselines, test_mask=held_out, seed=args.seed
     )
-    print(f"\nFashion-MNIST, {len(images):,} images")
+    print(f"\n{args.data or 'Fashion-MNIST'}, {len(images):,} images")
     print(report.text())
 
 
