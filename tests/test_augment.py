@@ -3,6 +3,7 @@ import math
 import pytest
 import torch
 import torchvision.transforms.functional as TF
+from torch.utils._python_dispatch import TorchDispatchMode
 from torchvision.transforms import RandomResizedCrop
 
 from picmap import augment as aug
@@ -75,6 +76,15 @@ def test_crop_boxes_follow_random_resized_crop():
     assert area.std().item() == pytest.approx(ref_area.std().item(), abs=0.01)
 
 
+@pytest.mark.parametrize(("height", "width"), [(32, 32), (10, 40), (40, 10)])
+def test_crop_boxes_fall_back_to_the_centred_box(height, width):
+    cfg = aug.AugmentConfig(crop_scale=(5.0, 6.0))  # no try can fit
+    boxes = aug.sample_crop_boxes(3, height, width, cfg, torch.Generator().manual_seed(0), "cpu")
+    w = min(width, height * 4 / 3)
+    h = min(height, width * 4 / 3)
+    assert torch.allclose(boxes, torch.tensor([[width / 2, height / 2, w, h]] * 3))
+
+
 def test_full_box_is_identity_and_flip_mirrors():
     x = _images(2)
     full = torch.tensor([[16.0, 16.0, 32.0, 32.0]] * 2)
@@ -142,3 +152,44 @@ def test_jitter_implementations_agree():
     masked = aug.color_jitter(x, cfg, torch.Generator().manual_seed(6), select=False)
     assert torch.allclose(selected, masked, atol=1e-6)
     assert not torch.allclose(selected, x)
+
+
+def test_jitter_implementations_agree_on_grey_images():
+    x = _images(64, c=1)
+    cfg = aug.AugmentConfig()
+    selected = aug.color_jitter(x, cfg, torch.Generator().manual_seed(7), select=True)
+    masked = aug.color_jitter(x, cfg, torch.Generator().manual_seed(7), select=False)
+    assert torch.allclose(selected, masked, atol=1e-6)
+    assert not torch.allclose(selected, x)
+
+
+class _CountOps(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.names: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names.append(func.name())
+        return func(*args, **(kwargs or {}))
+
+
+# Ops that make the host wait for the GPU: a data-dependent size, a value read back, or a tensor
+# built from Python data (copied to the GPU).
+_HOST_WAITS = {
+    "aten::nonzero",
+    "aten::_local_scalar_dense",
+    "aten::index.Tensor",
+    "aten::lift_fresh",
+}
+# aten ops of one whole-batch augment call, 64 RGB 32×32: 900 looping, 242 batched (crop, jitter).
+_OPS_BEFORE = 900
+
+
+def test_whole_batch_augment_dispatches_few_ops_and_never_waits():
+    x = (_images(64) * 255).to(torch.uint8)
+    with _CountOps() as ops:
+        masked = aug.augment(x, 32, torch.Generator().manual_seed(8), select=False)
+    assert len(ops.names) <= _OPS_BEFORE // 3
+    assert not _HOST_WAITS & set(ops.names)
+    selected = aug.augment(x, 32, torch.Generator().manual_seed(8), select=True)
+    assert torch.allclose(selected, masked, atol=1e-6)
