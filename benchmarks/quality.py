@@ -1,4 +1,4 @@
-"""Map quality on Fashion-MNIST: picmap's 2-D map and backbone features against baselines.
+"""Map quality on Fashion-MNIST (grey, or in colour): picmap's map and features against baselines.
 
 Prints the protocol table of ``picmap evaluate --baselines`` (method, dimensions, kNN accuracy
 with k=15, linear accuracy, wall time) for picmap's map, its backbone's features, t-SNE of
@@ -15,6 +15,7 @@ the 70,000 that keeps the train/test proportions (to check the protocol quickly)
         --no-baselines                                # the recipes side by side
     python benchmarks/quality.py --full --subset 2000 --epochs 2,1,1   # a quick check
     python benchmarks/quality.py --full --device cuda --backbone resnet18 --epochs 200,10,40
+    python benchmarks/quality.py --dataset colour-fashion   # colour images; adds "same item"
     python benchmarks/quality.py --export data.npz    # the chosen images, for a machine without
     python benchmarks/quality.py --data data.npz      # the Debian package; then read from there
 """
@@ -24,6 +25,7 @@ from __future__ import annotations
 import argparse
 import time
 
+import colour_fashion
 import numpy as np
 from sklearn.model_selection import train_test_split
 
@@ -61,19 +63,20 @@ def load_data(
 
 def read_data(
     path: str, subset: int | None, seed: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """What ``--export`` wrote, or a stratified ``subset`` of it."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """What ``--export`` wrote (images, labels, item ids, held-out mask), or a stratified
+    ``subset`` of it."""
     with np.load(path, allow_pickle=False) as saved:
-        images, labels = saved["images"], saved["labels"]
-        held_out = saved["held_out"] if "held_out" in saved.files else None
+        arrays = {key: saved[key] for key in saved.files}
+    images, labels = arrays.pop("images"), arrays.pop("labels")
     if subset and subset < len(images):
         keep, _ = train_test_split(
             np.arange(len(images)), train_size=subset, stratify=labels, random_state=seed
         )
         keep = np.sort(keep)
         images, labels = images[keep], labels[keep]
-        held_out = None if held_out is None else held_out[keep]
-    return images, labels, held_out
+        arrays = {key: value[keep] for key, value in arrays.items()}
+    return images, labels, arrays.get("items"), arrays.get("held_out")
 
 
 def run_picmap(
@@ -110,6 +113,13 @@ def _as_chosen(asked: str, chosen: object) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--dataset",
+        choices=["fashion-mnist", "colour-fashion"],
+        default="fashion-mnist",
+        help="colour-fashion: garments tinted, scaled and placed on textured colour "
+        "backgrounds (benchmarks/colour_fashion.py), with the same-item score",
+    )
     parser.add_argument("--full", action="store_true", help="all 70,000 images, train/test split")
     parser.add_argument(
         "--subset",
@@ -145,14 +155,11 @@ def main() -> None:
     )
     args = parser.parse_args()
 
-    images, labels, held_out = (
-        read_data(args.data, args.subset, args.seed)
-        if args.data
-        else load_data(args.full, args.subset, args.seed)
-    )
+    name, images, labels, items, held_out = chosen_data(args)
     if args.export:
-        mask = {} if held_out is None else {"held_out": held_out}
-        np.savez_compressed(args.export, images=images, labels=labels, **mask)
+        extra = {"held_out": held_out, "items": items}
+        extra = {key: value for key, value in extra.items() if value is not None}
+        np.savez_compressed(args.export, images=images, labels=labels, **extra)
         print(f"wrote {len(images):,} images to {args.export}")
         return
     recipes = args.recipes.split(",")
@@ -163,8 +170,28 @@ def main() -> None:
     report = quality_report(
         the_map, features, labels, baselines=baselines, test_mask=held_out, seed=args.seed
     )
-    print(f"\n{args.data or 'Fashion-MNIST'}, {len(images):,} images")
+    print(f"\n{name}, {len(images):,} images")
     print(report.text())
+    if items is not None:
+        print("Same item: share of the garments drawn twice whose 5 nearest neighbours hold")
+        print("the other drawing")
+        for embedding in [the_map, features, *baselines]:
+            share = colour_fashion.same_item_share(embedding.coords, items)
+            print(f"  {embedding.method:44s} {100 * share:5.1f}%")
+
+
+def chosen_data(
+    args: argparse.Namespace,
+) -> tuple[str, np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """The benchmark's images: name, images, labels, item ids (or None), held-out mask."""
+    if args.data:
+        return args.data, *read_data(args.data, args.subset, args.seed)
+    if args.dataset == "colour-fashion":
+        split = "full" if args.full else "subset"
+        n = args.subset or DEFAULT_SUBSET
+        return "Colour Fashion-MNIST", *colour_fashion.load(split, n, args.seed)
+    images, labels, held_out = load_data(args.full, args.subset, args.seed)
+    return "Fashion-MNIST", images, labels, None, held_out
 
 
 if __name__ == "__main__":

@@ -19,12 +19,13 @@ from . import distributed, outputs
 from ._folder_lock import FolderBusyError, exclusive_folder
 from ._io import displayable, remove_stale_temporary_files, write_text_atomic
 from .baselines import check_installed, run_baselines
+from .budget import parse_duration
 from .data import datasets
 from .data.packed import is_packed, open_packed, pack
 from .data.sources import to_store
 from .data.store import ImageStore
 from .discover import DUPLICATE_THRESHOLD, Discoveries, discover
-from .estimator import TSimCNE, resolve_device
+from .estimator import TSimCNE
 from .evaluate import Embedding, K, Report, Score, quality_report
 from .model import BACKBONES
 from .recipes import AUTO, RECIPES
@@ -32,8 +33,6 @@ from .train import CHECKPOINT_FILE, DivergedError, Interrupted
 
 RUN_JSON = "run.json"
 RUN_LOG = "run.log"
-CPU_EPOCHS = (60, 10, 30)
-GPU_EPOCHS = (1000, 50, 450)
 
 
 class CliError(click.ClickException):
@@ -89,6 +88,15 @@ def _load_array_file(path: Path, verbose: bool) -> ImageStore:
         return to_store(loaded[image_key], labels, verbose=verbose)
 
 
+def _parse_time(text: str | None) -> float | None:
+    if text is None:
+        return None
+    try:
+        return parse_duration(text)
+    except ValueError as err:
+        raise CliError(f"--time {err}") from None
+
+
 def _parse_epochs(text: str) -> tuple[int, int, int] | None:
     if text == "auto":
         return None
@@ -99,14 +107,6 @@ def _parse_epochs(text: str) -> tuple[int, int, int] | None:
     if len(epochs) != 3 or min(epochs) < 0:
         raise CliError(f"--epochs {text!r} must be three numbers like 60,10,30 (or 'auto')")
     return epochs
-
-
-def _default_batch(n: int) -> int:
-    """512, or for small data the largest power of two that leaves at least 4 steps per epoch."""
-    batch = 512
-    while batch > 2 and batch * 4 > n:
-        batch //= 2
-    return batch
 
 
 @contextlib.contextmanager
@@ -181,8 +181,17 @@ def main() -> None:
     "--epochs",
     default="auto",
     show_default=True,
-    help="Epochs of the three stages, e.g. 60,10,30. 'auto': 1000,50,450 on a GPU, "
-    "60,10,30 on a CPU.",
+    help="Epochs of the three stages, e.g. 60,10,30. 'auto': from --time if given; else "
+    "1000,50,450 on a GPU and the default time budget on a CPU.",
+)
+@click.option(
+    "--time",
+    "time_budget",
+    default=None,
+    metavar="DURATION",
+    help="Train for this long, e.g. 10m, 90s or 1h (the step time is measured, and the "
+    "stages get the epochs that fill it). [default on a CPU: 10m for 10,000 images, "
+    "growing as N^1.5, 20s to 30m]",
 )
 @click.option(
     "--backbone",
@@ -348,16 +357,18 @@ def _fit(out_dir: Path, settings: dict, verbose: bool, writer: bool) -> None:
         settings["source"], settings["root"], settings["split"], settings["download"], verbose
     )
     store = to_store(store, image_size=settings["image_size"], verbose=verbose)
-    on_gpu = resolve_device(settings["device"]).type == "cuda"
-    epochs = _parse_epochs(settings["epochs"]) or (GPU_EPOCHS if on_gpu else CPU_EPOCHS)
-    batch_size = settings["batch_size"] or _default_batch(len(store))
+    epochs = _parse_epochs(settings["epochs"])
+    budget = _parse_time(settings["time_budget"])
+    if epochs and budget:
+        raise CliError("--epochs and --time both set the length of training; give one of them")
     if writer:
         write_text_atomic(out_dir / RUN_JSON, json.dumps(settings, indent=2))
     model = TSimCNE(
         settings["backbone"],
         out_dim=settings["out_dim"],
-        total_epochs=list(epochs),
-        batch_size=batch_size,
+        total_epochs=list(epochs) if epochs else "auto",
+        time_budget=budget,
+        batch_size=settings["batch_size"] or "auto",
         learning_rate=settings["learning_rate"] or "auto",
         recipe=settings["recipe"],
         device=settings["device"],
@@ -379,8 +390,9 @@ def _fit(out_dir: Path, settings: dict, verbose: bool, writer: bool) -> None:
         "image_size": store.image_size,
         "backbone": model.backbone_,
         "recipe": model.recipe_,
-        "total_epochs": list(epochs),
-        "batch_size": batch_size,
+        "total_epochs": list(model.total_epochs_),
+        "time_budget": budget,
+        "batch_size": model.batch_size_,
         "device": str(model.device_),
         "processes": distributed.launched_processes(),
         "fit_seconds": round(seconds, 2),

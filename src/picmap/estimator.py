@@ -9,7 +9,9 @@ import math
 import numbers
 import random
 import signal
+import sys
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -24,6 +26,12 @@ from tqdm.auto import tqdm
 from . import distributed
 from ._io import atomic_path, read_safetensors, write_text_atomic
 from .augment import augment, grayscale
+from .budget import (
+    check_budget,
+    default_budget,
+    epochs_for_budget,
+    format_duration,
+)
 from .data.sources import to_store
 from .data.store import ImageStore
 from .loss import METRICS, info_nce
@@ -35,6 +43,7 @@ from .train import (
     Trainer,
     free_device_memory,
     largest_batch_size,
+    saved_epochs,
     warmup_epochs_for,
 )
 
@@ -45,6 +54,12 @@ _PRETRAIN_DIM = 128
 # "auto" batch sizes stop at the paper's largest batch: the learning rate grows with the batch
 # (0.12 × 8192/256 = 3.84 at 8192), and nothing larger has been measured.
 _MAX_AUTO_BATCH = 1024
+_MAX_CPU_BATCH = 512
+# The paper's schedule: what CUDA gets without epochs or a budget.
+_PAPER_EPOCHS = (1000, 50, 450)
+# On a CPU, larger images are downscaled to this side unless image_size= is given: the CPU
+# recipes were measured at 28–32 px, and each step costs in proportion to the pixels.
+_CPU_IMAGE_SIZE = 32
 # Share of the free GPU memory that the batch probe's step may peak at (headroom for the
 # allocator's fragmentation, cuDNN workspaces and the evaluation passes).
 _PROBE_SHARE = 0.8
@@ -94,13 +109,21 @@ class TSimCNE(BaseEstimator):
     metric : "cauchy" or "cosine"
         "cauchy" is t-SimCNE's similarity and the one that makes sense for a map; "cosine" is
         SimCLR's loss (with ``temperature``), useful for high-dimensional features.
-    total_epochs : three ints
+    total_epochs : three ints or "auto"
         Epochs of stages 1, 2 and 3. The paper uses ``[1000, 50, 450]``; fewer still give a
-        useful map, more give a cleaner one.
+        useful map, more give a cleaner one. "auto" (default): set by ``time_budget`` when one
+        is given; else the paper's on CUDA, and on other devices the default budget.
+    time_budget : float, optional
+        Seconds of training: the step time is measured on this machine first, and the three
+        stages get the epochs that fill the budget, in the recipe's proportions. With
+        ``total_epochs="auto"`` on a CPU the default is 10 minutes for 10,000 images, growing
+        as N^1.5 (46 s for the 1,797 digits), at least 20 s and at most 30 minutes. Loading the
+        images and placing them on the map come on top.
     batch_size : int or "auto"
-        Images per step (each gives two views). Larger batches give more negatives. "auto":
-        on CUDA the largest power of two whose training step peaks within 80 % of the free
-        GPU memory (at most 1024, the paper's batch, and the data size), else 512.
+        Images per step (each gives two views). Larger batches give more negatives. "auto"
+        (default): a power of two that leaves at least 4 steps per epoch; on CUDA the largest
+        whose training step peaks within 80 % of the free GPU memory, at most 1024 (the
+        paper's batch); elsewhere at most 512.
     learning_rate : float or "auto"
         Stage-1 and stage-2 learning rate; "auto" is the recipe's ``lr_per_256 × batch_size /
         256`` (0.03 × batch_size / 256 in the paper's recipe).
@@ -146,8 +169,9 @@ class TSimCNE(BaseEstimator):
         out_dim: int = 2,
         metric: str = "cauchy",
         temperature: float = 0.5,
-        total_epochs: Sequence[int] = (1000, 50, 450),
-        batch_size: int | str = 512,
+        total_epochs: Sequence[int] | str = AUTO,
+        time_budget: float | None = None,
+        batch_size: int | str = AUTO,
         learning_rate: float | str = "auto",
         warmup_epochs: int = 10,
         momentum: float = 0.9,
@@ -171,6 +195,7 @@ class TSimCNE(BaseEstimator):
         self.metric = metric
         self.temperature = temperature
         self.total_epochs = total_epochs
+        self.time_budget = time_budget
         self.batch_size = batch_size
         self.learning_rate = learning_rate
         self.warmup_epochs = warmup_epochs
@@ -208,6 +233,11 @@ class TSimCNE(BaseEstimator):
                 f"X holds {len(store)} image; a map needs at least 2 (and enough for a batch)"
             )
         self.device_ = distributed.process_device(resolve_device(self.device))
+        self.downscaled_from_ = None
+        on_cpu = self.device_.type != "cuda"
+        if on_cpu and self.image_size is None and store.image_size > _CPU_IMAGE_SIZE:
+            self.downscaled_from_ = store.image_size
+            store = to_store(store, image_size=_CPU_IMAGE_SIZE, verbose=self._talks())
         with distributed.process_group(self.device_):
             seed = self.seed if self.seed is not None else random.randrange(2**31)
             self.seed_ = distributed.same_everywhere(seed, self.device_)
@@ -217,15 +247,19 @@ class TSimCNE(BaseEstimator):
             self.model_ = self._build_net(store.channels, self.device_)
             images = _place_images(store.images, self.device_)  # before the batch probe
             self.batch_size_ = self._choose_batch_size(len(store))
+            self.total_epochs_ = self._fixed_epochs()
             trainer = Trainer(
                 self.model_,
                 images,
-                self._train_config(),
+                self._train_config(self.total_epochs_ or (1, 1, 1)),
                 self.seed_,
                 checkpoint_dir=self.checkpoint_dir,
                 checkpoint_interval=self.checkpoint_interval,
                 device=self.device_,
             )
+            if self.total_epochs_ is None:
+                self.total_epochs_ = self._budget_epochs(trainer, store)
+                trainer.reschedule(self._train_config(self.total_epochs_).stages)
             trainer.on_epoch_end = on_epoch_end
             trainer.resume()
             self.seed_ = trainer.seed  # a resumed run keeps the seed it started with
@@ -251,12 +285,21 @@ class TSimCNE(BaseEstimator):
             )
         if isinstance(self.backbone, nn.Module) and not self.feature_dim:
             raise ValueError("a custom backbone needs feature_dim= (the size of its output)")
-        epochs = list(self.total_epochs)
-        if len(epochs) != 3 or any(not isinstance(e, int) or e < 0 for e in epochs):
+        epochs = [] if isinstance(self.total_epochs, str) else list(self.total_epochs)
+        if self.total_epochs != AUTO and (
+            len(epochs) != 3 or any(not isinstance(e, int) or e < 0 for e in epochs)
+        ):
             raise ValueError(
                 f"total_epochs={self.total_epochs!r} must be three whole numbers ≥ 0 "
-                "(epochs of stages 1, 2, 3), e.g. [1000, 50, 450]"
+                "(epochs of stages 1, 2, 3), e.g. [1000, 50, 450], or 'auto'"
             )
+        if self.time_budget is not None:
+            check_budget(self.time_budget)
+            if self.total_epochs != AUTO:
+                raise ValueError(
+                    f"time_budget={self.time_budget!r} and total_epochs={self.total_epochs!r} "
+                    "both set the length of training; give one of them"
+                )
         if not isinstance(self.out_dim, int) or self.out_dim < 1:
             raise ValueError(f"out_dim={self.out_dim!r} must be a positive int (2 for a map)")
         if self.batch_size != "auto" and (
@@ -282,11 +325,11 @@ class TSimCNE(BaseEstimator):
             net = EmbeddingNet(backbone, feature_dim, self.hidden_dim, _PRETRAIN_DIM)
         return net.to(device)
 
-    def _train_config(self) -> TrainConfig:
+    def _train_config(self, epochs: Sequence[int]) -> TrainConfig:
         batch, recipe = self.batch_size_, resolve_recipe(self.recipe_)
         auto_lr = self.learning_rate == "auto"
         lr = recipe.lr_per_256 * batch / 256 if auto_lr else self.learning_rate
-        e1, e2, e3 = self.total_epochs
+        e1, e2, e3 = epochs
         stages = [
             Stage(e1, lr, warmup_epochs_for(e1, self.warmup_epochs), _PRETRAIN_DIM, False),
             Stage(e2, lr, 0, self.out_dim, True),
@@ -317,6 +360,60 @@ class TSimCNE(BaseEstimator):
             verbose=self._talks(),
         )
 
+    def _fixed_epochs(self) -> tuple[int, int, int] | None:
+        """The epochs asked for, or those of the checkpoint this fit resumes, or the paper's on
+        CUDA without a budget; None when the budget decides."""
+        if self.total_epochs != AUTO:
+            return tuple(self.total_epochs)
+        saved = saved_epochs(self.checkpoint_dir)
+        if saved is not None:
+            return tuple(saved)
+        if self.time_budget is None and self.device_.type == "cuda":
+            return _PAPER_EPOCHS
+        return None
+
+    def _budget_epochs(self, trainer: Trainer, store: ImageStore) -> tuple[int, int, int]:
+        """Epochs that fill the time budget at the step time measured with ``trainer``."""
+        given = self.time_budget is not None
+        budget = check_budget(self.time_budget) if given else default_budget(len(store))
+        started = time.perf_counter()
+        if trainer.config.neighbour_share > 0:
+            trainer.neighbours()  # found once; the fit reuses them
+        per_step = trainer.seconds_per_step()
+        per_step = distributed.agree_all(per_step, self.device_)  # the slowest process
+        left = budget - (time.perf_counter() - started)
+        shares = resolve_recipe(self.recipe_).epoch_shares
+        epochs = epochs_for_budget(left, shares, per_step, trainer.steps_per_epoch)
+        if self._talks():
+            tqdm.write(
+                self._budget_message(budget, given, epochs, per_step[0], store), file=sys.stderr
+            )
+        return epochs
+
+    def _budget_message(
+        self, budget: float, given: bool, epochs: Sequence[int], per_step: float, store
+    ) -> str:
+        """What the budget bought, and what more time or a GPU would buy."""
+        where = "this GPU" if self.device_.type == "cuda" else "the CPU"
+        source = "asked for" if given else f"the default for {len(store):,} images on {where}"
+        lines = [
+            f"picmap: training for {format_duration(budget)} ({source}; time_budget= or "
+            f"--time sets it): {per_step:.2f} s per step of {self.batch_size_} images, so "
+            f"epochs {', '.join(map(str, epochs))} of the {self.recipe_!s} recipe with the "
+            f"{self.backbone_ if isinstance(self.backbone_, str) else 'custom'} backbone."
+        ]
+        if self.downscaled_from_:
+            lines.append(
+                f"picmap: images downscaled from {self.downscaled_from_} to {_CPU_IMAGE_SIZE} px "
+                "for the CPU (image_size= sets the size)."
+            )
+        if self.device_.type != "cuda":
+            lines.append(
+                "picmap: more time gives a cleaner map (the paper trains 1,500 epochs); a GPU "
+                "trains ResNet-18 at full size, tens of times faster."
+            )
+        return "\n".join(lines)
+
     def _choose_backbone(self) -> str | nn.Module:
         """The backbone asked for; for "auto" resnet18 on CUDA, else a CPU-sized network.
 
@@ -345,9 +442,15 @@ class TSimCNE(BaseEstimator):
         if self.batch_size != "auto":
             return self.batch_size
         processes = distributed.world_size()
-        cap = min(_MAX_AUTO_BATCH, 2 ** int(math.log2(n_images))) // processes
-        if self.device_.type != "cuda":
-            return max(1, min(512 // processes, cap)) * processes
+        on_gpu = self.device_.type == "cuda"
+        largest = _MAX_AUTO_BATCH if on_gpu else _MAX_CPU_BATCH
+        # At least 4 steps an epoch: fewer leave a small collection too few updates.
+        cap = 2
+        while cap * 2 <= min(largest, n_images // 4):
+            cap *= 2
+        cap = max(1, cap // processes)
+        if not on_gpu:
+            return cap * processes
         fits = self._probe_batch_size(max(2, cap))
         free_device_memory()  # what the probe held, before training starts
         return int(distributed.agree(fits, self.device_, "min")) * processes
@@ -434,7 +537,8 @@ class TSimCNE(BaseEstimator):
         recipe = self.recipe_
         params["recipe"] = recipe if isinstance(recipe, str) else resolve_recipe(recipe).to_json()
         params["device"] = str(params["device"])
-        params["total_epochs"] = list(params["total_epochs"])
+        params["total_epochs"] = list(self.total_epochs_)  # as trained
+        params["time_budget"] = None
         params["checkpoint_dir"] = None
         config = {
             "format_version": FORMAT_VERSION,

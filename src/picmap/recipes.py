@@ -14,6 +14,8 @@ from .augment import AugmentConfig
 READOUT_INITS = ("random", "pca")
 # The recipe (and estimator backbone) name that means: choose from the images.
 AUTO = "auto"
+# Settings that JSON stores as lists.
+_TUPLES = ("crop_scale", "epoch_shares")
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,8 @@ class Recipe:
     # neighbours in pixel space instead of a second view of itself (0: augmentations only).
     neighbour_share: float = 0.0
     neighbour_k: int = 15
+    # How a time budget is split between the three stages (proportions of their epochs).
+    epoch_shares: tuple[float, float, float] = (1000, 50, 450)
 
     def __post_init__(self) -> None:
         for name in ("lr_per_256", "finetune_lr_ratio"):
@@ -47,6 +51,17 @@ class Recipe:
         if not 0 < low <= high <= 1:
             raise ValueError(f"recipe crop_scale={self.crop_scale!r} needs 0 < low ≤ high ≤ 1")
         object.__setattr__(self, "crop_scale", (float(low), float(high)))
+        shares = self.epoch_shares
+        if (
+            len(shares) != 3
+            or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in shares)
+            or min(shares) < 0
+            or shares[0] <= 0
+        ):
+            raise ValueError(
+                f"recipe epoch_shares={shares!r} must be three numbers ≥ 0, the first > 0"
+            )
+        object.__setattr__(self, "epoch_shares", tuple(float(v) for v in shares))
         if self.readout_init not in READOUT_INITS:
             raise ValueError(
                 f"recipe readout_init={self.readout_init!r} is not one of {READOUT_INITS}"
@@ -58,7 +73,11 @@ class Recipe:
 
     def to_json(self) -> dict:
         """A JSON-ready dict (the inverse of :func:`resolve_recipe` on a dict)."""
-        return {**asdict(self), "crop_scale": list(self.crop_scale)}
+        return {
+            **asdict(self),
+            "crop_scale": list(self.crop_scale),
+            "epoch_shares": list(self.epoch_shares),
+        }
 
 
 RECIPES = {
@@ -66,14 +85,18 @@ RECIPES = {
     "paper": Recipe(),
     # Tuned for short runs (benchmarks/RESULTS.md): 4× the paper's learning rate, and stage 3
     # at a tenth of it, where the paper's thousandth leaves the map almost unchanged.
-    "picmap": Recipe(lr_per_256=0.12, finetune_lr_ratio=0.1),
+    "picmap": Recipe(lr_per_256=0.12, finetune_lr_ratio=0.1, epoch_shares=(60, 10, 30)),
     # For aligned images whose pixel distances mean something (digits, Fashion-MNIST, centred
     # cell or object crops): every positive is a view of a pixel-space neighbour, as in
     # contrastive neighbour embeddings (Damrich et al., ICLR 2023), and stage 3 runs at the full
     # learning rate. No random crops: the neighbours already vary the pair, and crops cost the
     # map 2-3 points. Not for photographs, where pixel neighbours share colours, not content.
     "neighbours": Recipe(
-        lr_per_256=0.12, finetune_lr_ratio=1.0, crop_scale=(1.0, 1.0), neighbour_share=1.0
+        lr_per_256=0.12,
+        finetune_lr_ratio=1.0,
+        crop_scale=(1.0, 1.0),
+        neighbour_share=1.0,
+        epoch_shares=(300, 2, 300),
     ),
 }
 
@@ -106,7 +129,8 @@ def resolve_recipe(recipe: str | Recipe | dict) -> Recipe:
         if not set(recipe) <= known:
             raise ValueError(f"recipe has unknown settings {sorted(set(recipe) - known)}")
         try:
-            return Recipe(**{k: tuple(v) if k == "crop_scale" else v for k, v in recipe.items()})
+            pairs = recipe.items()
+            return Recipe(**{k: tuple(v) if k in _TUPLES else v for k, v in pairs})
         except (TypeError, ValueError) as err:
             raise ValueError(f"recipe {recipe!r} is not valid: {err}") from None
     if recipe not in RECIPES:

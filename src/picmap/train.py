@@ -15,11 +15,13 @@ import math
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
+import safetensors
 import torch
+from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
@@ -28,6 +30,7 @@ from tqdm.auto import tqdm
 from . import distributed
 from ._io import atomic_path, read_safetensors
 from .augment import AugmentConfig, augment
+from .budget import format_duration
 from .data.batches import DeviceBatches
 from .loss import info_nce
 from .model import EmbeddingNet, state_mismatch
@@ -191,13 +194,6 @@ def _trainable(net: EmbeddingNet, stage: Stage) -> list[nn.Parameter]:
     for p in net.head.readout.parameters():
         p.requires_grad_(True)
     return [p for p in net.parameters() if p.requires_grad]
-
-
-def _format_duration(seconds: float) -> str:
-    minutes = round(seconds / 60)
-    if seconds < 60:
-        return f"{seconds:.0f} s"
-    return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{minutes} min"
 
 
 class Trainer:
@@ -382,7 +378,7 @@ class Trainer:
         return axes @ old.weight, axes @ (old.bias - centre)
 
     def _run_epoch(self, index: int, stage: Stage, bar: tqdm) -> float:
-        cfg, B, p = self.config, self.batches.share, self.progress
+        cfg, p = self.config, self.progress
         device, gen = self.device, self._generator
         good_state = {k: v.detach().clone() for k, v in self.net.state_dict().items()}
         gen.manual_seed(stream_seed(self.seed, _ORDER, index, p.epoch))
@@ -403,20 +399,7 @@ class Trainer:
                     stage, p.epoch * self.steps_per_epoch + p.step, self.steps_per_epoch
                 )
             gen.manual_seed(stream_seed(self.seed, _AUGMENT, index, p.epoch, p.step, self.rank))
-            views = torch.cat(
-                [augment(x, cfg.image_size, gen, cfg.augment) for x in (batch, partner)]
-            )
-            if cfg.channels_last:
-                views = views.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(device.type, torch.bfloat16, enabled=self._autocast):
-                z = self._forward(views)
-            loss = info_nce(z[:B], z[B:], cfg.metric, cfg.temperature)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip is not None:
-                torch.nn.utils.clip_grad_value_(params, cfg.grad_clip)
-            self.optimizer.step()
-            total += loss.detach()
+            total += self._step(batch, partner, params)
             p.step += 1
             bar.update(1)
             if not self._estimate_logged:
@@ -431,6 +414,64 @@ class Trainer:
         mean = (resumed_sum + self._mean_over_processes(total)) / self.steps_per_epoch
         self._check_finite(index, mean, good_state)
         return mean
+
+    def _step(self, batch: torch.Tensor, partner: torch.Tensor, params: list) -> torch.Tensor:
+        """One optimizer step on the views of ``batch`` and ``partner``; returns the loss."""
+        cfg, B = self.config, self.batches.share
+        views = torch.cat(
+            [augment(x, cfg.image_size, self._generator, cfg.augment) for x in (batch, partner)]
+        )
+        if cfg.channels_last:
+            views = views.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(self.device.type, torch.bfloat16, enabled=self._autocast):
+            z = self._forward(views)
+        loss = info_nce(z[:B], z[B:], cfg.metric, cfg.temperature)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip is not None:
+            torch.nn.utils.clip_grad_value_(params, cfg.grad_clip)
+        self.optimizer.step()
+        return loss.detach()
+
+    def seconds_per_step(self, steps: int = 3) -> tuple[float, float]:
+        """Seconds of a training step of the whole network and of one that trains only the
+        readout (stage 2), each timed over ``steps`` steps after one warm-up step.
+
+        The network's weights and BatchNorm statistics are put back afterwards.
+        """
+        kept = {k: v.detach().clone() for k, v in self.net.state_dict().items()}
+        timed = []
+        for readout_only in (False, True):
+            stage = Stage(1, 1e-3, 0, self.net.out_dim, readout_only)
+            self.optimizer = self._make_optimizer(stage)
+            params = [q for group in self.optimizer.param_groups for q in group["params"]]
+            self._forward = self._wrap()
+            self.net.train()
+            order = torch.randperm(len(self.images), generator=self._generator, device=self.device)
+            batches = itertools.cycle(itertools.islice(self.batches.epoch(order), steps + 1))
+            for step in range(steps + 1):
+                if step == 1:
+                    self._synchronize()
+                    started = time.perf_counter()
+                batch = next(batches)
+                self._step(batch, batch, params)
+            self._synchronize()
+            timed.append((time.perf_counter() - started) / steps)
+        self.optimizer = None
+        self.net.load_state_dict(kept)
+        return timed[0], timed[1]
+
+    def reschedule(self, stages: list[Stage]) -> None:
+        """Train ``stages`` instead of the configured ones (before training starts)."""
+        if self.progress != Progress(losses=[[] for _ in self.config.stages]):
+            raise RuntimeError("reschedule() only before training starts")
+        self.config = replace(self.config, stages=list(stages))
+        self.progress = Progress(losses=[[] for _ in stages])
+
+    def _synchronize(self) -> None:
+        """Wait for the device (a host clock says nothing about queued CUDA work)."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
 
     def neighbours(self) -> torch.Tensor:
         """Each image's nearest neighbours in pixel space, found once per run."""
@@ -485,8 +526,7 @@ class Trainer:
     def _time_step(self) -> None:
         """Time the steps after the first (which also pays for warm-up and the neighbour search)
         and, after ``_TIMED_STEPS`` of them, say how long the whole fit will take."""
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)  # the host is ahead of the queued steps
+        self._synchronize()
         now = time.perf_counter()
         if self._timed is None:
             self._timed = (now, 0)
@@ -506,11 +546,11 @@ class Trainer:
             for s in self.config.stages
         )
         estimate = per_step * steps
-        _report(f"picmap: estimated training time {_format_duration(estimate)}", self._verbose)
+        _report(f"picmap: estimated training time {format_duration(estimate)}", self._verbose)
         if self.device.type == "cpu" and estimate > _SLOW_FIT_SECONDS:
             _report(
-                "picmap: that is long for a CPU. Faster options: backbone='small' or 'tiny', fewer "
-                "total_epochs, or a GPU (device='cuda').",
+                "picmap: that is long for a CPU. Faster options: a time budget (time_budget=, "
+                "--time) or fewer total_epochs, or a GPU (device='cuda').",
                 self._verbose,
             )
 
@@ -531,6 +571,7 @@ class Trainer:
             "progress": json.dumps(asdict(self.progress)),
             "readout": str(self.net.out_dim),
             "seed": str(self.seed),
+            "epochs": json.dumps([s.epochs for s in self.config.stages]),
         }
         with atomic_path(self.checkpoint_dir / CHECKPOINT_FILE) as tmp:
             save_file({k: v.cpu() for k, v in tensors.items()}, str(tmp), metadata=meta)
@@ -632,6 +673,24 @@ class Trainer:
 
 
 _START_AFRESH = "delete it to start afresh"
+
+
+def saved_epochs(checkpoint_dir: str | Path | None) -> list[int] | None:
+    """The stage lengths of the checkpoint in ``checkpoint_dir``, if it has one that says so.
+
+    A fit whose epochs follow from a time budget resumes with the epochs it chose; a damaged
+    file gives None here and its clear error when the trainer loads it.
+    """
+    path = Path(checkpoint_dir) / CHECKPOINT_FILE if checkpoint_dir else None
+    if path is None or not path.is_file():
+        return None
+    try:
+        with safe_open(str(path), "pt") as checkpoint:
+            epochs = json.loads((checkpoint.metadata() or {})["epochs"])
+    except (OSError, ValueError, KeyError, TypeError, safetensors.SafetensorError):
+        return None
+    valid = isinstance(epochs, list) and len(epochs) == 3
+    return epochs if valid and all(_is_int(e) and e >= 0 for e in epochs) else None
 
 
 def _unfit(path: Path, problem: str) -> ValueError:
