@@ -10,7 +10,7 @@ Default: a stratified 10,000-image subset, classifiers scored by 5-fold cross-va
 images and scored on the 10,000 test images; with ``--subset N``, a stratified N-image part of
 the 70,000 that keeps the train/test proportions (to check the protocol quickly).
 
-    python benchmarks/quality.py                      # 10k subset, defaults, 15 CPU minutes
+    python benchmarks/quality.py                      # 10k subset, picmap's defaults (10 min)
     python benchmarks/quality.py --recipes paper,picmap --backbone small --epochs 12,2,6 \
         --no-baselines                                # the recipes side by side
     python benchmarks/quality.py --full --subset 2000 --epochs 2,1,1   # a quick check
@@ -86,8 +86,11 @@ def run_picmap(
     model = TSimCNE(
         args.backbone,
         recipe=recipe,
-        total_epochs=[int(e) for e in args.epochs.split(",")],
-        batch_size=args.batch_size,
+        total_epochs=(
+            "auto" if args.epochs == "auto" else [int(e) for e in args.epochs.split(",")]
+        ),
+        time_budget=args.time,
+        batch_size=args.batch_size or "auto",
         learning_rate=args.lr or "auto",
         device=args.device,
         seed=args.seed,
@@ -101,7 +104,8 @@ def run_picmap(
     precision = "fp32" if args.fp32 else "auto"
     recipe_name = _as_chosen(recipe, model.recipe_)
     backbone_name = _as_chosen(args.backbone, model.backbone_)
-    name = f"picmap {recipe_name} recipe, {backbone_name} {args.epochs} {precision}"
+    epochs = ",".join(map(str, model.total_epochs_))
+    name = f"picmap {recipe_name} recipe, {backbone_name} {epochs} {precision}"
     the_map = Embedding(name, Y, seconds)
     return the_map, Embedding("backbone features", model.features(images))
 
@@ -127,7 +131,10 @@ def main() -> None:
         default=None,
         help=f"images to use [default: {DEFAULT_SUBSET:,}, or all 70,000 with --full]",
     )
-    parser.add_argument("--epochs", default="300,2,300", help="picmap's three stage lengths")
+    parser.add_argument(
+        "--epochs", default="auto", help="picmap's three stage lengths [default: picmap's own]"
+    )
+    parser.add_argument("--time", type=float, default=None, help="time budget in seconds")
     parser.add_argument(
         "--recipes",
         default="auto",
@@ -135,7 +142,7 @@ def main() -> None:
         "first one's features are the ones scored",
     )
     parser.add_argument("--backbone", default="auto")
-    parser.add_argument("--batch-size", type=int, default=512)
+    parser.add_argument("--batch-size", type=int, default=None, help="[default: picmap's]")
     parser.add_argument("--lr", type=float, default=None)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--seed", type=int, default=0)

@@ -123,7 +123,8 @@ def test_mlp_backbone_reads_the_pixels_and_saves_and_loads_by_name(tmp_path, dig
     ("kw", "colour", "backbone"),
     [
         ({}, False, "mlp"),  # grey: the neighbours recipe, and the MLP on a CPU
-        ({}, True, "small"),  # colour: the picmap recipe, a CNN
+        ({}, True, "tiny"),  # colour: the colour recipe, the tiny CNN (fast enough on a CPU)
+        ({"recipe": "neighbours"}, True, "mlp"),  # pixel neighbours: the MLP, grey or not
         ({"recipe": "picmap"}, False, "small"),  # augmentations want a CNN
         ({"image_size": 72}, False, "small"),  # 72² > 64² pixels: too wide for the MLP
     ],

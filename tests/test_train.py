@@ -118,8 +118,10 @@ def test_nan_loss_stops_and_keeps_last_good_weights():
     )
 
 
-@pytest.mark.parametrize("neighbour_share", [0.0, 0.5])
-def test_stop_request_saves_and_resume_continues_exactly(tmp_path, neighbour_share):
+@pytest.mark.parametrize(
+    ("neighbour_share", "space"), [(0.0, "pixels"), (0.5, "pixels"), (1.0, "features")]
+)
+def test_stop_request_saves_and_resume_continues_exactly(tmp_path, neighbour_share, space):
     stages = [
         Stage(2, 0.05, 1, 128, False),
         Stage(1, 0.05, 0, 2, True),
@@ -128,7 +130,13 @@ def test_stop_request_saves_and_resume_continues_exactly(tmp_path, neighbour_sha
 
     def make(ckpt):
         torch.manual_seed(0)
-        config = _config(stages, neighbour_share=neighbour_share, neighbour_k=3)
+        config = _config(
+            stages,
+            neighbour_share=neighbour_share,
+            neighbour_k=3,
+            neighbour_space=space,
+            neighbour_refresh=1,
+        )
         return Trainer(_net(), _images(), config, 7, ckpt)
 
     straight = make(None)
@@ -278,3 +286,60 @@ def test_without_mixed_precision_training_turns_tf32_off_and_restores_it(mixed_p
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before
     assert seen == [(True, True)] if mixed_precision else [(False, False)]
+
+
+def test_feature_neighbours_are_found_after_stage_1_and_refreshed_in_stage_3(monkeypatch):
+    found = []
+    real = Trainer._feature_neighbours
+
+    def record(trainer):
+        found.append((trainer.progress.stage, trainer.progress.epoch))
+        return real(trainer)
+
+    monkeypatch.setattr(Trainer, "_feature_neighbours", record)
+    partners_drawn = []
+    monkeypatch.setattr(
+        "picmap.train.draw_partners",
+        lambda order, graph, share, gen: partners_drawn.append(share) or order.flip(0),
+    )
+    stages = [Stage(2, 0.05, 0, 128, False), Stage(1, 0.05, 0, 2, True)]
+    stages.append(Stage(4, 0.05, 0, 2, False))
+    config = _config(
+        stages, neighbour_share=1.0, neighbour_k=3, neighbour_space="features", neighbour_refresh=2
+    )
+    trainer = Trainer(_net(), _images(), config, 0)
+    trainer.run()
+    assert found == [(1, 0), (2, 0), (2, 2)]  # stage 1 trains on views of each image alone
+    assert partners_drawn == [1.0] * 5
+    graph = trainer.neighbours()
+    assert graph.shape == (32, 3) and not (graph == torch.arange(32)[:, None]).any()
+
+
+def test_feature_neighbours_are_the_nearest_by_cosine_of_the_backbone_features():
+    config = _config([Stage(1, 0.05, 0, 128, False)], neighbour_k=4, neighbour_space="features")
+    trainer = Trainer(_net(), _images(), config, 0)
+    trainer.net.eval()
+    with torch.no_grad():
+        f = torch.nn.functional.normalize(trainer.net.backbone(_images().float() / 255), dim=1)
+    similarity = f @ f.T - 2 * torch.eye(len(f))
+    expected = similarity.topk(4).indices
+    assert torch.equal(trainer._feature_neighbours(), expected)
+
+
+def test_a_checkpoint_with_a_foreign_neighbour_graph_is_refused(tmp_path):
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    stages = [Stage(1, 0.05, 0, 128, False), Stage(1, 0.05, 0, 2, True)]
+    config = _config(stages, neighbour_share=1.0, neighbour_k=3, neighbour_space="features")
+    Trainer(_net(), _images(), config, 0, tmp_path).run()  # its last checkpoint has the graph
+    path = tmp_path / "checkpoint.safetensors"
+    tensors = load_file(path)
+    assert tensors["neighbours"].shape == (32, 3)
+    assert Trainer(_net(), _images(), config, 0, tmp_path).resume()
+    with safe_open(str(path), "pt") as saved:
+        meta = saved.metadata()
+    tensors["neighbours"] = torch.full((32, 3), 99, dtype=torch.int32)
+    save_file(tensors, str(path), metadata=meta)
+    with pytest.raises(ValueError, match="neighbour graph names images that do not exist"):
+        Trainer(_net(), _images(), config, 0, tmp_path).resume()

@@ -93,6 +93,11 @@ class TrainConfig:
     # nearest neighbours in pixel space instead of from the image itself (0: never).
     neighbour_share: float = 0.0
     neighbour_k: int = 15
+    # Where the neighbours are found: "pixels" (once, before training) or "features": the
+    # backbone's own features, first at the end of stage 1 (which trains on views of each image
+    # alone), then again every ``neighbour_refresh`` epochs of the later stages (0: never).
+    neighbour_space: str = "pixels"
+    neighbour_refresh: int = 0
     verbose: bool = True
 
 
@@ -378,14 +383,16 @@ class Trainer:
         return axes @ old.weight, axes @ (old.bias - centre)
 
     def _run_epoch(self, index: int, stage: Stage, bar: tqdm) -> float:
-        cfg, p = self.config, self.progress
-        device, gen = self.device, self._generator
+        p, device, gen = self.progress, self.device, self._generator
         good_state = {k: v.detach().clone() for k, v in self.net.state_dict().items()}
         gen.manual_seed(stream_seed(self.seed, _ORDER, index, p.epoch))
         order = torch.randperm(len(self.images), generator=gen, device=device)
         batches = self.batches.epoch(order, p.step)
-        if cfg.neighbour_share > 0:
-            partners = draw_partners(order, self.neighbours(), cfg.neighbour_share, gen)
+        share = self._neighbour_share(index)
+        if share > 0:
+            if self._graph_due(index):
+                self._neighbours = self._feature_neighbours()
+            partners = draw_partners(order, self.neighbours(), share, gen)
             second = self._partner_batches.epoch(partners, p.step)
         else:
             batches, second = itertools.tee(batches)
@@ -473,8 +480,47 @@ class Trainer:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
+    def _neighbour_share(self, index: int) -> float:
+        """How often an image's positive is a neighbour in stage ``index``."""
+        features = self.config.neighbour_space == "features"
+        return 0.0 if features and index == 0 else self.config.neighbour_share
+
+    def _graph_due(self, index: int) -> bool:
+        """Whether this epoch starts by finding the neighbours anew in feature space.
+
+        Never mid-epoch: a run resumed there keeps the graph its checkpoint holds.
+        """
+        cfg, p = self.config, self.progress
+        if cfg.neighbour_space != "features" or p.step:
+            return False
+        first = self._neighbours is None
+        every = cfg.neighbour_refresh
+        return first or (index == len(cfg.stages) - 1 and every > 0 and p.epoch % every == 0)
+
+    @torch.no_grad()
+    def _feature_neighbours(self) -> torch.Tensor:
+        """Each image's nearest neighbours by the cosine of the backbone's features now."""
+        _report(
+            f"picmap: finding each image's {self.config.neighbour_k} nearest neighbours in "
+            "the network's feature space",
+            self._verbose,
+        )
+        was_training = self.net.training
+        self.net.eval()
+        chunks = torch.arange(len(self.images), device=self.images.device).split(_PCA_CHUNK * 4)
+        features = torch.cat(
+            [
+                self.net.backbone(self.images[chunk].to(self.device).float() / 255).float()
+                for chunk in chunks
+            ]
+        )
+        self.net.train(was_training)
+        features = torch.nn.functional.normalize(features, dim=1)
+        return nearest_neighbours(features, self.config.neighbour_k)
+
     def neighbours(self) -> torch.Tensor:
-        """Each image's nearest neighbours in pixel space, found once per run."""
+        """Each image's nearest neighbours: in pixel space found once per run; in feature
+        space, those found last."""
         if self._neighbours is None:
             _report(
                 f"picmap: finding each image's {self.config.neighbour_k} nearest neighbours "
@@ -567,6 +613,8 @@ class Trainer:
                 buf = self.optimizer.state.get(param, {}).get("momentum_buffer")
                 if buf is not None:
                     tensors[f"optim.{i}"] = buf.contiguous()
+        if self.config.neighbour_space == "features" and self._neighbours is not None:
+            tensors["neighbours"] = self._neighbours.to(torch.int32)
         meta = {
             "progress": json.dumps(asdict(self.progress)),
             "readout": str(self.net.out_dim),
@@ -618,6 +666,9 @@ class Trainer:
             optimizer = self._make_optimizer(self.config.stages[progress.stage])
         params = optimizer.param_groups[0]["params"] if optimizer else []
         buffers = {f"optim.{i}": param for i, param in enumerate(params)}
+        graph = tensors.pop("neighbours", None)
+        if graph is not None:
+            self._neighbours = self._checked_graph(path, graph)
         for name, value in tensors.items():
             known = name.startswith("model.")
             if not known and (name not in buffers or buffers[name].shape != value.shape):
@@ -627,6 +678,16 @@ class Trainer:
             if name in tensors:
                 optimizer.state[param]["momentum_buffer"] = tensors[name].to(param.device)
         self.optimizer, self.progress, self.seed = optimizer, progress, int(seed)
+
+    def _checked_graph(self, path: Path, graph: torch.Tensor) -> torch.Tensor:
+        """A saved feature-space neighbour graph, refused unless it fits these images."""
+        shape = (len(self.images), self.config.neighbour_k)
+        fits = self.config.neighbour_space == "features" and tuple(graph.shape) == shape
+        if not fits or graph.dtype != torch.int32:
+            raise _unfit(path, "its neighbour graph does not fit these images and settings")
+        if len(graph) and not (int(graph.min()) >= 0 and int(graph.max()) < len(self.images)):
+            raise _unfit(path, "its neighbour graph names images that do not exist")
+        return graph.to(self.device, torch.int64)
 
     def _checked_progress(self, path: Path, meta: dict[str, str]) -> tuple[Progress, int]:
         """The position a checkpoint stopped at, refused unless this schedule has it."""
