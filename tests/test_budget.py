@@ -117,7 +117,7 @@ def _trainer(epochs, checkpoint_dir=None):
 def test_timing_the_steps_leaves_the_network_as_it_was():
     trainer = _trainer((1, 1, 1))
     before = {k: v.clone() for k, v in trainer.net.state_dict().items()}
-    full, readout = trainer.seconds_per_step(steps=2)
+    full, readout = trainer.seconds_per_step(min_seconds=0.1)
     assert full > 0 and readout > 0
     after = trainer.net.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
@@ -150,3 +150,15 @@ def test_cli_time_option(tmp_path):
         result = CliRunner().invoke(main, [*args[:3], str(tmp_path / "other"), *extra])
         assert result.exit_code == 1
         assert message in result.output
+
+
+def test_the_last_stage_is_fitted_to_the_deadline_from_the_measured_epochs(monkeypatch):
+    clock = [0.0]
+    monkeypatch.setattr("picmap.train.time.perf_counter", lambda: clock[0])
+    trainer = _trainer((3, 0, 5))  # 2 steps an epoch
+    trainer.net.register_forward_hook(lambda *_: clock.__setitem__(0, clock[0] + 1.0))
+    trainer.deadline = 20.0  # one forward pass a step, 1 s each on the fake clock: 2 s an epoch
+    losses = trainer.run()
+    # Stage 1 took 6 s, so 14 s are left: 7 epochs of 2 s, not the 5 planned.
+    assert trainer.config.stages[2].epochs == 7 and len(losses[2]) == 7
+    assert clock[0] == pytest.approx(20.0, abs=2.5)  # the final checks add a few passes

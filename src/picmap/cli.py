@@ -199,8 +199,9 @@ def main() -> None:
     default="auto",
     show_default=True,
     help="'auto': resnet18 on a GPU; on a CPU mlp with the neighbours recipe (images up to "
-    "64x64 grey), else small. tiny: half the small CNN's width, 2.5x faster per step. mlp: two "
-    "layers on the pixels, for small aligned images with --recipe neighbours.",
+    "64x64 grey), tiny for colour images, else small. tiny: half the small CNN's width, 2.5x "
+    "faster per step. mlp: two layers on the pixels, for small aligned images with --recipe "
+    "neighbours.",
 )
 @click.option(
     "--batch-size",
@@ -221,8 +222,9 @@ def main() -> None:
     default=AUTO,
     show_default=True,
     help="'picmap': tuned for short runs; 'paper': the published t-SimCNE recipe; "
+    "'colour': augmentations that take the colour away, for colour images; "
     "'neighbours': positives from pixel-space neighbours, for aligned images such as digits. "
-    "'auto': neighbours for grey images, picmap for colour ones.",
+    "'auto': on a CPU neighbours for grey images, colour for colour ones; paper on a GPU.",
 )
 @click.option("--device", default="auto", show_default=True, help="cuda, mps, cpu or auto.")
 @click.option(

@@ -266,6 +266,7 @@ class TSimCNE(BaseEstimator):
             self.seed_ = trainer.seed  # a resumed run keeps the seed it started with
             with _stop_on_signal(trainer):
                 self.loss_history_ = trainer.run()
+            self.total_epochs_ = tuple(stage.epochs for stage in trainer.config.stages)
         self._keep_data_info(store)
         self.embedding_ = self._embed(store)
         return self
@@ -380,6 +381,7 @@ class TSimCNE(BaseEstimator):
         given = self.time_budget is not None
         budget = check_budget(self.time_budget) if given else default_budget(len(store))
         started = time.perf_counter()
+        trainer.deadline = started + budget
         config = trainer.config
         if config.neighbour_share > 0 and config.neighbour_space == "pixels":
             trainer.neighbours()  # found once; the fit reuses them

@@ -272,6 +272,10 @@ class Trainer:
         self._estimate_logged = False
         # (time, steps) since the end of the run's first step, for the time estimate.
         self._timed: tuple[float, int] | None = None
+        # With a time budget: the perf_counter() time training should end by. The last stage's
+        # epochs are then set, when it starts, from the measured time of the epochs before.
+        self.deadline: float | None = None
+        self._epoch_seconds: list[float] = []  # of whole epochs that trained the whole network
 
     @property
     def steps_per_epoch(self) -> int:
@@ -286,6 +290,9 @@ class Trainer:
         p = self.progress
         self._estimate_logged |= p.stage > 0 or p.epoch > 0 or p.step > 0
         while p.stage < len(self.config.stages):
+            last = p.stage == len(self.config.stages) - 1
+            if self.deadline is not None and last and p.epoch == p.step == 0:
+                self._fit_last_stage_to_deadline()
             self._run_stage(p.stage)
             p.stage, p.epoch = p.stage + 1, 0
             self.optimizer = None
@@ -337,6 +344,8 @@ class Trainer:
                 steps_before = p.step
                 loss = self._run_epoch(index, stage, bar)
                 seconds = time.perf_counter() - started
+                if not stage.readout_only and steps_before == 0:
+                    self._epoch_seconds.append(seconds)
                 p.losses[index].append(loss)
                 p.epoch, p.step, p.epoch_loss_sum = p.epoch + 1, 0, 0.0
                 images_done = (self.steps_per_epoch - steps_before) * self.config.batch_size
@@ -440,9 +449,10 @@ class Trainer:
         self.optimizer.step()
         return loss.detach()
 
-    def seconds_per_step(self, steps: int = 3) -> tuple[float, float]:
+    def seconds_per_step(self, min_seconds: float = 1.5) -> tuple[float, float]:
         """Seconds of a training step of the whole network and of one that trains only the
-        readout (stage 2), each timed over ``steps`` steps after one warm-up step.
+        readout (stage 2), each averaged over 3–30 steps (enough to take ``min_seconds``)
+        after two warm-up steps.
 
         The network's weights and BatchNorm statistics are put back afterwards.
         """
@@ -455,18 +465,47 @@ class Trainer:
             self._forward = self._wrap()
             self.net.train()
             order = torch.randperm(len(self.images), generator=self._generator, device=self.device)
-            batches = itertools.cycle(itertools.islice(self.batches.epoch(order), steps + 1))
-            for step in range(steps + 1):
-                if step == 1:
-                    self._synchronize()
-                    started = time.perf_counter()
-                batch = next(batches)
-                self._step(batch, batch, params)
-            self._synchronize()
-            timed.append((time.perf_counter() - started) / steps)
+            batches = itertools.cycle(itertools.islice(self.batches.epoch(order), 4))
+            self._timed_steps(batches, params, 1)  # also pays for allocations, kernel choices
+            one = self._timed_steps(batches, params, 1)
+            # Every process runs as many steps (DistributedDataParallel steps together).
+            steps = min(30, max(3, math.ceil(min_seconds / one)))
+            steps = int(distributed.agree(steps, self.device))
+            timed.append(self._timed_steps(batches, params, steps) / steps)
         self.optimizer = None
         self.net.load_state_dict(kept)
         return timed[0], timed[1]
+
+    def _fit_last_stage_to_deadline(self) -> None:
+        """Give the last stage the epochs that end it by ``deadline``, at the time the epochs
+        of the whole network have taken so far (the step-time probe's plan, corrected)."""
+        last = self.config.stages[-1]
+        if last.epochs == 0 or not self._epoch_seconds:
+            return
+        measured = self._epoch_seconds[1:] or self._epoch_seconds  # the first pays warm-up
+        per_epoch = sum(measured) / len(measured)
+        epochs = max(1, round((self.deadline - time.perf_counter()) / per_epoch))
+        epochs = int(distributed.agree(epochs, self.device, "min"))
+        if epochs == last.epochs:
+            return
+        warmup = warmup_epochs_for(epochs, last.warmup_epochs)
+        stages = [*self.config.stages[:-1], replace(last, epochs=epochs, warmup_epochs=warmup)]
+        self.config = replace(self.config, stages=stages)
+        _report(
+            f"picmap: stage {len(stages)} gets {epochs} epochs (planned {last.epochs}) to end "
+            "within the time budget",
+            self._verbose,
+        )
+
+    def _timed_steps(self, batches: Iterator[torch.Tensor], params: list, steps: int) -> float:
+        """Seconds that ``steps`` optimizer steps on ``batches`` take, device work included."""
+        self._synchronize()
+        started = time.perf_counter()
+        for _ in range(steps):
+            batch = next(batches)
+            self._step(batch, batch, params)
+        self._synchronize()
+        return time.perf_counter() - started
 
     def reschedule(self, stages: list[Stage]) -> None:
         """Train ``stages`` instead of the configured ones (before training starts)."""
