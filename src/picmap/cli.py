@@ -355,14 +355,14 @@ def _resumed_settings(out_dir: Path) -> dict:
 
 def _fit(out_dir: Path, settings: dict, verbose: bool, writer: bool) -> None:
     """Fit and write every output; a process other than rank 0 (``writer``) only trains."""
-    store = _load_source(
-        settings["source"], settings["root"], settings["split"], settings["download"], verbose
-    )
-    store = to_store(store, image_size=settings["image_size"], verbose=verbose)
     epochs = _parse_epochs(settings["epochs"])
     budget = _parse_time(settings["time_budget"])
     if epochs and budget:
         raise CliError("--epochs and --time both set the length of training; give one of them")
+    store = _load_source(
+        settings["source"], settings["root"], settings["split"], settings["download"], verbose
+    )
+    store = to_store(store, image_size=settings["image_size"], verbose=verbose)
     if writer:
         write_text_atomic(out_dir / RUN_JSON, json.dumps(settings, indent=2))
     model = TSimCNE(

@@ -233,16 +233,19 @@ class TSimCNE(BaseEstimator):
                 f"X holds {len(store)} image; a map needs at least 2 (and enough for a batch)"
             )
         self.device_ = distributed.process_device(resolve_device(self.device))
-        self.downscaled_from_ = None
-        on_cpu = self.device_.type != "cuda"
-        if on_cpu and self.image_size is None and store.image_size > _CPU_IMAGE_SIZE:
-            self.downscaled_from_ = store.image_size
+        on_gpu = self.device_.type == "cuda"
+        if not on_gpu and self.image_size is None and store.image_size > _CPU_IMAGE_SIZE:
+            if self._talks():
+                tqdm.write(
+                    f"picmap: images downscaled from {store.image_size} to {_CPU_IMAGE_SIZE} px "
+                    "for the CPU (image_size= sets the size).",
+                    file=sys.stderr,
+                )
             store = to_store(store, image_size=_CPU_IMAGE_SIZE, verbose=self._talks())
         with distributed.process_group(self.device_):
             seed = self.seed if self.seed is not None else random.randrange(2**31)
             self.seed_ = distributed.same_everywhere(seed, self.device_)
             self.image_size_, self.channels_ = store.image_size, store.channels
-            on_gpu = self.device_.type == "cuda"
             self.recipe_ = recipe_for_images(self.recipe, store.channels, len(store), on_gpu)
             self.backbone_ = self._choose_backbone()
             self.model_ = self._build_net(store.channels, self.device_)
@@ -391,28 +394,21 @@ class TSimCNE(BaseEstimator):
         shares = resolve_recipe(self.recipe_).epoch_shares
         epochs = epochs_for_budget(left, shares, per_step, trainer.steps_per_epoch)
         if self._talks():
-            tqdm.write(
-                self._budget_message(budget, given, epochs, per_step[0], store), file=sys.stderr
-            )
+            message = self._budget_message(budget, given, epochs, per_step[0], len(store))
+            tqdm.write(message, file=sys.stderr)
         return epochs
 
     def _budget_message(
-        self, budget: float, given: bool, epochs: Sequence[int], per_step: float, store
+        self, budget: float, given: bool, epochs: Sequence[int], per_step: float, n_images: int
     ) -> str:
         """What the budget bought, and what more time or a GPU would buy."""
-        where = "this GPU" if self.device_.type == "cuda" else "the CPU"
-        source = "asked for" if given else f"the default for {len(store):,} images on {where}"
+        source = "asked for" if given else f"the default for {n_images:,} images"
         lines = [
             f"picmap: training for {format_duration(budget)} ({source}; time_budget= or "
             f"--time sets it): {per_step:.2f} s per step of {self.batch_size_} images, so "
             f"epochs {', '.join(map(str, epochs))} of the {self.recipe_!s} recipe with the "
             f"{self.backbone_ if isinstance(self.backbone_, str) else 'custom'} backbone."
         ]
-        if self.downscaled_from_:
-            lines.append(
-                f"picmap: images downscaled from {self.downscaled_from_} to {_CPU_IMAGE_SIZE} px "
-                "for the CPU (image_size= sets the size)."
-            )
         if self.device_.type != "cuda":
             lines.append(
                 "picmap: more time gives a cleaner map (the paper trains 1,500 epochs); a GPU "

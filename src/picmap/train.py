@@ -49,6 +49,8 @@ _AGREE_EVERY = 10
 _ORDER, _AUGMENT, _READOUT = range(3)
 # Images whose outputs give the principal axes of a "pca" readout, and how many per forward pass.
 _PCA_SAMPLE, _PCA_CHUNK = 4096, 256
+# Images per forward pass when the neighbours are found in feature space.
+_FEATURE_CHUNK = 1024
 
 
 class DivergedError(ValueError):
@@ -546,7 +548,7 @@ class Trainer:
         )
         was_training = self.net.training
         self.net.eval()
-        chunks = torch.arange(len(self.images), device=self.images.device).split(_PCA_CHUNK * 4)
+        chunks = torch.arange(len(self.images), device=self.images.device).split(_FEATURE_CHUNK)
         features = torch.cat(
             [
                 self.net.backbone(self.images[chunk].to(self.device).float() / 255).float()
