@@ -25,14 +25,39 @@ from .data.packed import is_packed, open_packed, pack
 from .data.sources import to_store
 from .data.store import ImageStore
 from .discover import DUPLICATE_THRESHOLD, Discoveries, discover
-from .estimator import TSimCNE
+from .estimator import BACKBONE_MODES, TSimCNE
 from .evaluate import Embedding, K, Report, Score, quality_report
 from .model import BACKBONES
+from .pretrained import check_name, library_of
 from .recipes import AUTO, RECIPES
 from .train import CHECKPOINT_FILE, DivergedError, Interrupted
 
 RUN_JSON = "run.json"
 RUN_LOG = "run.log"
+
+
+class BackboneName(click.ParamType):
+    """A named backbone, "auto", or LIBRARY:NAME for a pretrained network."""
+
+    name = "backbone"
+
+    def convert(self, value, param, ctx):
+        if not isinstance(value, str):
+            self.fail(f"{value!r} is not a backbone name", param, ctx)
+        if value in (AUTO, *BACKBONES):
+            return value
+        if library_of(value) is None:
+            self.fail(
+                f"{value!r} is not one of {', '.join((AUTO, *BACKBONES))}, nor LIBRARY:NAME "
+                "(torchvision:resnet18, timm:NAME, open_clip:ARCH/TAG, picmap:DIR)",
+                param,
+                ctx,
+            )
+        try:
+            check_name(value)
+        except ValueError as err:
+            self.fail(str(err), param, ctx)
+        return value
 
 
 class CliError(click.ClickException):
@@ -195,13 +220,37 @@ def main() -> None:
 )
 @click.option(
     "--backbone",
-    type=click.Choice([AUTO, *BACKBONES]),
+    type=BackboneName(),
     default="auto",
     show_default=True,
     help="'auto': resnet18 on a GPU; on a CPU mlp with the neighbours recipe (images up to "
     "64x64 grey), tiny for colour images, else small. tiny: half the small CNN's width, 2.5x "
     "faster per step. mlp: two layers on the pixels, for small aligned images with --recipe "
-    "neighbours.",
+    "neighbours. Or a pretrained network: torchvision:resnet50, timm:NAME, "
+    "open_clip:ARCH/TAG, or picmap:DIR (the backbone of an earlier map).",
+)
+@click.option(
+    "--weights",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="A local weights file for a torchvision, timm or open_clip --backbone (.safetensors, "
+    "or .pth read with weights_only=True), for machines without internet.",
+)
+@click.option(
+    "--backbone-mode",
+    type=click.Choice(BACKBONE_MODES),
+    default=AUTO,
+    show_default=True,
+    help="frozen: the pretrained backbone's features once, then only the head trains (on "
+    "neighbours in that feature space; minutes on a CPU). finetune: the whole network, the "
+    "pretrained part at a tenth of the learning rate. 'auto': frozen for a pretrained backbone.",
+)
+@click.option(
+    "--feature-cache",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Folder for the frozen backbone's features, to share them between maps [default: "
+    "--out].",
 )
 @click.option(
     "--batch-size",
@@ -367,6 +416,9 @@ def _fit(out_dir: Path, settings: dict, verbose: bool, writer: bool) -> None:
         write_text_atomic(out_dir / RUN_JSON, json.dumps(settings, indent=2))
     model = TSimCNE(
         settings["backbone"],
+        weights=settings["weights"],
+        backbone_mode=settings["backbone_mode"],
+        feature_cache=settings["feature_cache"],
         out_dim=settings["out_dim"],
         total_epochs=list(epochs) if epochs else "auto",
         time_budget=budget,
@@ -391,6 +443,7 @@ def _fit(out_dir: Path, settings: dict, verbose: bool, writer: bool) -> None:
         "images": len(store),
         "image_size": store.image_size,
         "backbone": model.backbone_,
+        "backbone_mode": model.backbone_mode_,
         "recipe": model.recipe_,
         "total_epochs": list(model.total_epochs_),
         "time_budget": budget,

@@ -34,8 +34,17 @@ from .budget import (
 )
 from .data.sources import to_store
 from .data.store import ImageStore
+from .features import batch_size_for, frozen_features
 from .loss import METRICS, info_nce
 from .model import BACKBONES, EmbeddingNet, make_backbone, state_mismatch
+from .pretrained import (
+    WEIGHT_LIBRARIES,
+    PretrainedBackbone,
+    build_backbone,
+    check_name,
+    library_of,
+    load_backbone,
+)
 from .recipes import AUTO, Recipe, recipe_for_images, resolve_recipe
 from .train import (
     Stage,
@@ -63,6 +72,10 @@ _CPU_IMAGE_SIZE = 32
 # Share of the free GPU memory that the batch probe's step may peak at (headroom for the
 # allocator's fragmentation, cuDNN workspaces and the evaluation passes).
 _PROBE_SHARE = 0.8
+# How a backbone is used: its features computed once and only the head trained ("frozen");
+# everything trained, the backbone at the recipe's pretrained_lr_ratio ("finetune"); or
+# everything at one learning rate ("train", a network trained from scratch).
+BACKBONE_MODES = ("auto", "frozen", "finetune", "train")
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -100,6 +113,30 @@ class TSimCNE(BaseEstimator):
         images (digits, clothing, cell crops) with ``recipe="neighbours"``: the best map of
         Fashion-MNIST measured, and the fastest; no backbone for photographs. Any module mapping
         a float batch ``N×C×H×W`` in [0, 1] to ``N×feature_dim`` features may be passed.
+
+        A pretrained network is named ``"LIBRARY:NAME"`` (:mod:`picmap.pretrained`):
+        ``"torchvision:resnet50"`` (``/IMAGENET1K_V2`` picks the weights),
+        ``"timm:convnext_tiny.fb_in22k"``, ``"open_clip:ViT-B-32/laion2b_s34b_b79k"`` (needing
+        the extras ``picmap[timm]``, ``picmap[open_clip]``), or ``"picmap:FOLDER"``, the
+        backbone of a saved map: pretrain once on a large collection, then map others from it.
+        Images are resized to the network's input size and normalised as it expects.
+    weights : path, optional
+        A local weights file for a torchvision, timm or open_clip backbone, instead of the
+        library's download: a ``.safetensors`` state dict, or a ``.pth`` one (read with
+        ``torch.load(weights_only=True)``). For machines with no internet.
+    backbone_mode : "auto", "frozen", "finetune" or "train"
+        How the backbone learns. "frozen": its features are computed once (cached, see
+        ``feature_cache``) and only the projection head trains, through the same three stages;
+        as no augmentation can vary a fixed feature vector, the positives are each image's
+        neighbours by the cosine of those features (recipe "neighbours"). Minutes on a CPU.
+        "finetune": the three stages on the whole network with augmented views, the pretrained
+        part at the recipe's ``pretrained_lr_ratio`` (0.1) of the learning rate. "train": the
+        whole network at one learning rate (what a network from scratch gets). "auto"
+        (default): "frozen" for a pretrained backbone, else "train".
+    feature_cache : path, optional
+        Folder for the frozen backbone's features (default: ``checkpoint_dir``; none without
+        either). A file there is named by a digest of the backbone and the images, so a rerun or
+        another map of the same images reuses it, and changed images or weights do not.
     feature_dim : int, optional
         Output size of a custom backbone (required then; known for named ones).
     hidden_dim : int
@@ -164,6 +201,9 @@ class TSimCNE(BaseEstimator):
         self,
         backbone: str | nn.Module = AUTO,
         *,
+        weights: str | Path | None = None,
+        backbone_mode: str = AUTO,
+        feature_cache: str | Path | None = None,
         feature_dim: int | None = None,
         hidden_dim: int = 1024,
         out_dim: int = 2,
@@ -189,6 +229,9 @@ class TSimCNE(BaseEstimator):
         sync_batchnorm: bool = False,
     ) -> None:
         self.backbone = backbone
+        self.weights = weights
+        self.backbone_mode = backbone_mode
+        self.feature_cache = feature_cache
         self.feature_dim = feature_dim
         self.hidden_dim = hidden_dim
         self.out_dim = out_dim
@@ -227,6 +270,8 @@ class TSimCNE(BaseEstimator):
         ends with the same fitted model; only rank 0 writes checkpoints and shows progress.
         """
         self._check_params()
+        # Loaded first: a wrong name or a missing weights file is said before images load.
+        self._pretrained = self._load_pretrained()
         store = to_store(X, labels=y, image_size=self.image_size, verbose=self._talks())
         if len(store) < 2:
             raise ValueError(
@@ -234,27 +279,29 @@ class TSimCNE(BaseEstimator):
             )
         self.device_ = distributed.process_device(resolve_device(self.device))
         on_gpu = self.device_.type == "cuda"
-        if not on_gpu and self.image_size is None and store.image_size > _CPU_IMAGE_SIZE:
-            if self._talks():
-                tqdm.write(
-                    f"picmap: images downscaled from {store.image_size} to {_CPU_IMAGE_SIZE} px "
-                    "for the CPU (image_size= sets the size).",
-                    file=sys.stderr,
-                )
-            store = to_store(store, image_size=_CPU_IMAGE_SIZE, verbose=self._talks())
+        store = self._sized_for_network(store, on_gpu)
         with distributed.process_group(self.device_):
             seed = self.seed if self.seed is not None else random.randrange(2**31)
             self.seed_ = distributed.same_everywhere(seed, self.device_)
             self.image_size_, self.channels_ = store.image_size, store.channels
-            self.recipe_ = recipe_for_images(self.recipe, store.channels, len(store), on_gpu)
+            self.backbone_mode_ = self._choose_mode()
+            frozen = self.backbone_mode_ == "frozen"
+            self.recipe_ = recipe_for_images(
+                self.recipe, store.channels, len(store), on_gpu, frozen
+            )
             self.backbone_ = self._choose_backbone()
             self.model_ = self._build_net(store.channels, self.device_)
-            images = _place_images(store.images, self.device_)  # before the batch probe
+            if frozen:
+                self._check_frozen_recipe()
+                inputs = self._frozen_features(store).to(self.device_)
+                trained = self.model_.head_on_features()
+            else:  # placed before the batch probe
+                inputs, trained = _place_images(store.images, self.device_), self.model_
             self.batch_size_ = self._choose_batch_size(len(store))
             self.total_epochs_ = self._fixed_epochs()
             trainer = Trainer(
-                self.model_,
-                images,
+                trained,
+                inputs,
                 self._train_config(self.total_epochs_ or (1, 1, 1)),
                 self.seed_,
                 checkpoint_dir=self.checkpoint_dir,
@@ -270,8 +317,9 @@ class TSimCNE(BaseEstimator):
             with _stop_on_signal(trainer):
                 self.loss_history_ = trainer.run()
             self.total_epochs_ = tuple(stage.epochs for stage in trainer.config.stages)
+        self._pretrained = None  # its weights live on in model_
         self._keep_data_info(store)
-        self.embedding_ = self._embed(store)
+        self.embedding_ = self._run(inputs, trained) if frozen else self._embed(store)
         return self
 
     def fit_transform(
@@ -283,13 +331,31 @@ class TSimCNE(BaseEstimator):
     def _check_params(self) -> None:
         if self.metric not in METRICS:
             raise ValueError(f"metric={self.metric!r} is not known; use one of {METRICS}")
-        if isinstance(self.backbone, str) and self.backbone not in (AUTO, *BACKBONES):
+        library = library_of(self.backbone)
+        if library is not None:
+            check_name(self.backbone)
+        elif isinstance(self.backbone, str) and self.backbone not in (AUTO, *BACKBONES):
             raise ValueError(
-                f"backbone={self.backbone!r} is not known; use one of {(AUTO, *BACKBONES)} "
-                "or an nn.Module"
+                f"backbone={self.backbone!r} is not known; use one of {(AUTO, *BACKBONES)}, a "
+                "pretrained network ('torchvision:resnet18', 'timm:…', 'open_clip:…', "
+                "'picmap:FOLDER') or an nn.Module"
             )
         if isinstance(self.backbone, nn.Module) and not self.feature_dim:
             raise ValueError("a custom backbone needs feature_dim= (the size of its output)")
+        if self.weights is not None and library not in WEIGHT_LIBRARIES:
+            raise ValueError(
+                f"weights={str(self.weights)!r} is for a torchvision, timm or open_clip backbone "
+                f"(backbone={self.backbone!r} is none)"
+            )
+        if self.backbone_mode not in BACKBONE_MODES:
+            raise ValueError(f"backbone_mode={self.backbone_mode!r} is not one of {BACKBONE_MODES}")
+        untrained = library is None and not isinstance(self.backbone, nn.Module)
+        if untrained and self.backbone_mode in ("frozen", "finetune"):
+            raise ValueError(
+                f"backbone_mode={self.backbone_mode!r} needs a pretrained backbone "
+                f"(backbone={self.backbone!r} starts from random weights): name one, e.g. "
+                "'torchvision:resnet18' or 'picmap:FOLDER', or pass an nn.Module"
+            )
         epochs = [] if isinstance(self.total_epochs, str) else list(self.total_epochs)
         if self.total_epochs != AUTO and (
             len(epochs) != 3 or any(not isinstance(e, int) or e < 0 for e in epochs)
@@ -320,11 +386,14 @@ class TSimCNE(BaseEstimator):
             _check_number(name, getattr(self, name), whole, positive, optional)
 
     def _build_net(self, channels: int, device: torch.device) -> EmbeddingNet:
+        pretrained = getattr(self, "_pretrained", None)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed_)
             if isinstance(self.backbone, nn.Module):
                 # A copy: fitting never changes the module the user passed in.
                 backbone, feature_dim = copy.deepcopy(self.backbone), int(self.feature_dim)
+            elif pretrained is not None:
+                backbone, feature_dim = copy.deepcopy(pretrained), pretrained.feature_dim
             else:
                 backbone, feature_dim = make_backbone(self.backbone_, channels, self.image_size_)
             net = EmbeddingNet(backbone, feature_dim, self.hidden_dim, _PRETRAIN_DIM)
@@ -361,6 +430,10 @@ class TSimCNE(BaseEstimator):
             neighbour_k=recipe.neighbour_k,
             neighbour_space=recipe.neighbour_space,
             neighbour_refresh=recipe.neighbour_refresh,
+            inputs="features" if self.backbone_mode_ == "frozen" else "images",
+            backbone_lr_ratio=(
+                recipe.pretrained_lr_ratio if self.backbone_mode_ == "finetune" else 1.0
+            ),
             mixed_precision=self.mixed_precision,
             compile=self.compile_network,
             sync_batchnorm=self.sync_batchnorm,
@@ -382,7 +455,8 @@ class TSimCNE(BaseEstimator):
     def _budget_epochs(self, trainer: Trainer, store: ImageStore) -> tuple[int, int, int]:
         """Epochs that fill the time budget at the step time measured with ``trainer``."""
         given = self.time_budget is not None
-        budget = check_budget(self.time_budget) if given else default_budget(len(store))
+        frozen = self.backbone_mode_ == "frozen"
+        budget = check_budget(self.time_budget) if given else default_budget(len(store), frozen)
         started = time.perf_counter()
         trainer.deadline = started + budget
         config = trainer.config
@@ -403,11 +477,14 @@ class TSimCNE(BaseEstimator):
     ) -> str:
         """What the budget bought, and what more time or a GPU would buy."""
         source = "asked for" if given else f"the default for {n_images:,} images"
+        backbone = self.backbone_ if isinstance(self.backbone_, str) else "custom"
+        if self.backbone_mode_ == "frozen":
+            backbone = f"head on the frozen {backbone}"
         lines = [
             f"picmap: training for {format_duration(budget)} ({source}; time_budget= or "
             f"--time sets it): {per_step:.2f} s per step of {self.batch_size_} images, so "
             f"epochs {', '.join(map(str, epochs))} of the {self.recipe_!s} recipe with the "
-            f"{self.backbone_ if isinstance(self.backbone_, str) else 'custom'} backbone."
+            f"{backbone} backbone."
         ]
         if self.device_.type != "cuda":
             lines.append(
@@ -435,6 +512,62 @@ class TSimCNE(BaseEstimator):
             return "mlp"
         return "tiny" if self.channels_ > 1 else "small"
 
+    def _load_pretrained(self) -> PretrainedBackbone | None:
+        """The pretrained network the backbone names, with its weights; None for the others."""
+        if library_of(self.backbone) is None:
+            return None
+        return load_backbone(self.backbone, self.weights, verbose=self._talks())
+
+    def _choose_mode(self) -> str:
+        """The backbone mode asked for; "auto" freezes a pretrained network, trains others."""
+        if self.backbone_mode != AUTO:
+            return self.backbone_mode
+        return "frozen" if self._pretrained is not None else "train"
+
+    def _sized_for_network(self, store: ImageStore, on_gpu: bool) -> ImageStore:
+        """The images at most as large as a pretrained network's input (it resizes them to
+        that anyway) or, on a CPU, as ``_CPU_IMAGE_SIZE`` — unless image_size= is given."""
+        if self.image_size is not None:
+            return store
+        if self._pretrained is not None:
+            largest, reason = self._pretrained.input_size, "the backbone's input size"
+        elif not on_gpu:
+            largest, reason = _CPU_IMAGE_SIZE, "for the CPU"
+        else:
+            return store
+        if store.image_size <= largest:
+            return store
+        if self._talks():
+            tqdm.write(
+                f"picmap: images downscaled from {store.image_size} to {largest} px, {reason} "
+                "(image_size= sets the size).",
+                file=sys.stderr,
+            )
+        return to_store(store, image_size=largest, verbose=self._talks())
+
+    def _check_frozen_recipe(self) -> None:
+        recipe = resolve_recipe(self.recipe_)
+        if recipe.neighbour_share == 0 or recipe.neighbour_space != "pixels":
+            raise ValueError(
+                f"recipe={self.recipe!r} pairs views of one image, which a frozen backbone's "
+                "fixed features cannot vary: with backbone_mode='frozen' use recipe='neighbours' "
+                "(the 'auto' choice) or one whose positives are neighbours (neighbour_share > 0, "
+                "neighbour_space='pixels')"
+            )
+
+    def _frozen_features(self, store: ImageStore) -> torch.Tensor:
+        """The frozen backbone's features of the images, from the cache when it has them."""
+        backbone = self.model_.backbone
+        return frozen_features(
+            backbone,
+            getattr(backbone, "description", {"name": "custom"}),
+            store.images,
+            self.device_,
+            self.feature_cache or self.checkpoint_dir,
+            verbose=self._talks(),
+            write=distributed.rank() == 0,
+        )
+
     def _talks(self) -> bool:
         """Whether this process shows progress and warnings (with several, only rank 0)."""
         return self.verbose and distributed.rank() == 0
@@ -446,6 +579,7 @@ class TSimCNE(BaseEstimator):
         """
         if self.batch_size != "auto":
             return self.batch_size
+        frozen = self.backbone_mode_ == "frozen"  # the head alone: no memory to probe
         processes = distributed.world_size()
         on_gpu = self.device_.type == "cuda"
         largest = _MAX_AUTO_BATCH if on_gpu else _MAX_CPU_BATCH
@@ -454,7 +588,7 @@ class TSimCNE(BaseEstimator):
         while cap * 2 <= min(largest, n_images // 4):
             cap *= 2
         cap = max(1, cap // processes)
-        if not on_gpu:
+        if not on_gpu or frozen:
             return cap * processes
         fits = self._probe_batch_size(max(2, cap))
         free_device_memory()  # what the probe held, before training starts
@@ -509,21 +643,26 @@ class TSimCNE(BaseEstimator):
             )
         return to_store(X, image_size=self.image_size_, verbose=self.verbose)
 
-    @torch.no_grad()
-    def _embed(
-        self, store: ImageStore, network: nn.Module | None = None, batch_size: int = 1024
-    ) -> np.ndarray:
-        network = network or self.model_
+    def _embed(self, store: ImageStore, network: nn.Module | None = None) -> np.ndarray:
         images = _match_channels(store.images, self.channels_)
+        pretrained = isinstance(self.model_.backbone, PretrainedBackbone)
+        batch_size = batch_size_for(self.device_) if pretrained else 1024
+        return self._run(images, network or self.model_, batch_size)
+
+    @torch.no_grad()
+    def _run(self, inputs: torch.Tensor, network: nn.Module, batch_size: int = 1024) -> np.ndarray:
+        """``network``'s outputs for uint8 images (scaled to [0, 1]) or feature rows."""
         self.model_.eval()
+        network.eval()
         out = []
         for start in tqdm(
-            range(0, len(images), batch_size),
+            range(0, len(inputs), batch_size),
             desc="placing images",
             unit="batch",
-            disable=not self._talks() or len(images) <= 10 * batch_size,
+            disable=not self._talks() or len(inputs) <= 10 * batch_size,
         ):
-            batch = images[start : start + batch_size].to(self.device_).float() / 255
+            batch = inputs[start : start + batch_size].to(self.device_)
+            batch = batch.float() / 255 if batch.dtype == torch.uint8 else batch
             out.append(network(batch).float().cpu())
         return torch.cat(out).numpy()
 
@@ -545,6 +684,8 @@ class TSimCNE(BaseEstimator):
         params["total_epochs"] = list(self.total_epochs_)  # as trained
         params["time_budget"] = None
         params["checkpoint_dir"] = None
+        params["weights"] = params["feature_cache"] = None  # the weights are in MODEL_FILE
+        params["backbone_mode"] = self.backbone_mode_
         config = {
             "format_version": FORMAT_VERSION,
             "params": params,
@@ -553,6 +694,8 @@ class TSimCNE(BaseEstimator):
             "seed": self.seed_,
             "class_names": self.class_names_,
         }
+        if isinstance(self.model_.backbone, PretrainedBackbone):
+            config["pretrained"] = self.model_.backbone.description
         write_text_atomic(folder / CONFIG_FILE, json.dumps(config, indent=2))
 
     @classmethod
@@ -575,6 +718,12 @@ class TSimCNE(BaseEstimator):
             raise ValueError(f"{folder / CONFIG_FILE}: {err}; re-save the model") from None
         model.device_ = resolve_device(device)
         model.backbone_, model.recipe_ = model.backbone, model.recipe
+        model.backbone_mode_ = "train" if model.backbone_mode == AUTO else model.backbone_mode
+        if "pretrained" in config:
+            try:
+                model._pretrained = build_backbone(config["pretrained"])
+            except ValueError as err:
+                raise ValueError(f"{folder / CONFIG_FILE}: {err}; re-save the model") from None
         model.seed_ = config["seed"]
         model.image_size_, model.channels_ = config["image_size"], config["channels"]
         model.class_names_ = config["class_names"]
@@ -583,6 +732,7 @@ class TSimCNE(BaseEstimator):
         model.model_ = model._build_net(model.channels_, model.device_)
         model.model_.replace_readout(model.out_dim)
         model.model_.load_state_dict(weights)
+        model._pretrained = None
         return model
 
 
@@ -626,7 +776,8 @@ def _read_config(folder: Path) -> dict:
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ValueError(f"{path} is not valid JSON ({err}); re-save the model") from None
     expected = {"format_version", "params", "image_size", "channels", "seed", "class_names"}
-    if not isinstance(config, dict) or set(config) != expected:
+    # A map on a pretrained backbone also describes that backbone's architecture.
+    if not isinstance(config, dict) or not expected <= set(config) <= expected | {"pretrained"}:
         raise ValueError(f"{path} does not have the keys of a picmap config: {sorted(expected)}")
     if config["format_version"] != FORMAT_VERSION:
         raise ValueError(
@@ -654,7 +805,8 @@ def _check_weights_match(path: Path, weights: dict[str, torch.Tensor], model: TS
     """Compare the tensors read from ``path`` with the network the config describes.
 
     The network is built on the "meta" device (no memory), so a config with absurd sizes is
-    refused before anything large is allocated.
+    refused before anything large is allocated (a pretrained backbone's architecture, built
+    from its library's own description, is already built).
     """
     with torch.device("meta"):
         net = model._build_net(model.channels_, torch.device("meta"))

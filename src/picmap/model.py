@@ -109,6 +109,13 @@ class EmbeddingNet(nn.Module):
         """Size of the embedding."""
         return self.head.readout.out_features
 
+    def head_on_features(self) -> EmbeddingNet:
+        """A network that shares this one's head and takes the backbone's features as input:
+        it trains the head on features a frozen backbone computed once."""
+        shell = EmbeddingNet(nn.Identity(), 1, 1, 1)
+        shell.head = self.head
+        return shell
+
     def replace_readout(self, out_dim: int) -> None:
         """Swap the last linear layer for a fresh one with ``out_dim`` outputs (stage 2)."""
         old = self.head.readout

@@ -48,9 +48,12 @@ class Recipe:
     grayscale_p: float = 0.2
     # How a time budget is split between the three stages (proportions of their epochs).
     epoch_shares: tuple[float, float, float] = (1000, 50, 450)
+    # A pretrained backbone, fine-tuned, learns at this fraction of the learning rate (its
+    # features are kept from being overwritten while the new head is still random).
+    pretrained_lr_ratio: float = 0.1
 
     def __post_init__(self) -> None:
-        for name in ("lr_per_256", "finetune_lr_ratio"):
+        for name in ("lr_per_256", "finetune_lr_ratio", "pretrained_lr_ratio"):
             value = getattr(self, name)
             if not _is_number(value) or not value > 0:
                 raise ValueError(f"recipe {name}={value!r} must be a positive number")
@@ -153,7 +156,11 @@ RECIPES = {
 
 
 def recipe_for_images(
-    recipe: str | Recipe | dict, channels: int, count: int, on_gpu: bool = False
+    recipe: str | Recipe | dict,
+    channels: int,
+    count: int,
+    on_gpu: bool = False,
+    frozen: bool = False,
 ) -> str | Recipe | dict:
     """``recipe``, or for "auto" the named recipe that suits ``count`` images of ``channels``
     channels on this device.
@@ -165,10 +172,14 @@ def recipe_for_images(
     20 was 57 %). Colour images get "colour" (colour Fashion-MNIST, 10 CPU minutes: 36.7 %
     against pixel t-SNE's 16.9 %), and so do collections too small to have ``neighbour_k``
     neighbours each (grey ones "picmap"). On CUDA nothing of picmap's has been measured yet,
-    so "auto" is the paper's recipe, the one the paper measured on GPUs.
+    so "auto" is the paper's recipe, the one the paper measured on GPUs. On a ``frozen``
+    backbone's features, which no augmentation can vary, every positive is a neighbour in that
+    feature space: "neighbours".
     """
     if recipe != AUTO:
         return recipe
+    if frozen:
+        return "neighbours"
     if on_gpu:
         return "paper"
     if channels != 1:

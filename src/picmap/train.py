@@ -100,6 +100,12 @@ class TrainConfig:
     # alone), then again every ``neighbour_refresh`` epochs of the later stages (0: never).
     neighbour_space: str = "pixels"
     neighbour_refresh: int = 0
+    # What the network is fed: "images" (uint8, augmented every step) or "features": float
+    # rows of a frozen backbone's features, used as they are. Then "pixels" neighbours are
+    # found by the cosine of those features.
+    inputs: str = "images"
+    # The backbone (a pretrained one, fine-tuned) learns at this fraction of the learning rate.
+    backbone_lr_ratio: float = 1.0
     verbose: bool = True
 
 
@@ -195,12 +201,27 @@ def _report(message: str, verbose: bool) -> None:
         tqdm.write(message, file=sys.stderr)
 
 
-def _trainable(net: EmbeddingNet, stage: Stage) -> list[nn.Parameter]:
+def _parameter_groups(net: EmbeddingNet, stage: Stage, backbone_lr_ratio: float) -> list[dict]:
+    """The parameters ``stage`` trains, as optimizer groups with their ``lr_scale``: one
+    group, or with ``backbone_lr_ratio`` ≠ 1 the backbone's apart from the head's."""
     for p in net.parameters():
         p.requires_grad_(not stage.readout_only)
     for p in net.head.readout.parameters():
         p.requires_grad_(True)
-    return [p for p in net.parameters() if p.requires_grad]
+    trained = [p for p in net.parameters() if p.requires_grad]
+    if backbone_lr_ratio == 1:
+        return [{"params": trained, "lr_scale": 1.0}]
+    in_backbone = {id(p) for p in net.backbone.parameters()}
+    groups = [
+        {"params": [p for p in trained if id(p) in in_backbone], "lr_scale": backbone_lr_ratio},
+        {"params": [p for p in trained if id(p) not in in_backbone], "lr_scale": 1.0},
+    ]
+    return [group for group in groups if group["params"]]
+
+
+def _optimized(optimizer: torch.optim.Optimizer) -> list[nn.Parameter]:
+    """The parameters of every group of ``optimizer``, in order."""
+    return [p for group in optimizer.param_groups for p in group["params"]]
 
 
 class Trainer:
@@ -303,7 +324,7 @@ class Trainer:
 
     def _make_optimizer(self, stage: Stage) -> torch.optim.Optimizer:
         return torch.optim.SGD(
-            _trainable(self.net, stage),
+            _parameter_groups(self.net, stage, self.config.backbone_lr_ratio),
             lr=stage.lr,
             momentum=self.config.momentum,
             weight_decay=self.config.weight_decay,
@@ -354,7 +375,7 @@ class Trainer:
                 bar.set_postfix(
                     epoch=f"{p.epoch}/{stage.epochs}",
                     loss=f"{loss:.4f}",
-                    lr=f"{self.optimizer.param_groups[0]['lr']:.2e}",
+                    lr=f"{self.optimizer.param_groups[-1]['lr']:.2e}",
                     img_s=f"{images_done / seconds:.0f}",
                 )
                 if self.on_epoch_end:
@@ -384,7 +405,7 @@ class Trainer:
         was_training = self.net.training
         self.net.eval()
         outputs = [
-            self.net(self.images[chunk.to(self.images.device)].to(self.device).float() / 255)
+            self.net(self._network_input(self.images[chunk.to(self.images.device)]))
             for chunk in sample.split(_PCA_CHUNK)
         ]
         self.net.train(was_training)
@@ -410,12 +431,11 @@ class Trainer:
         # The loss summed over this epoch's steps (averaged over processes), in two parts: the
         # steps before a resume, and this process's steps since.
         resumed_sum, total = p.epoch_loss_sum, torch.zeros((), device=device)
-        params = [q for group in self.optimizer.param_groups for q in group["params"]]
+        params = _optimized(self.optimizer)
         for batch, partner in zip(batches, second, strict=True):
+            lr = learning_rate(stage, p.epoch * self.steps_per_epoch + p.step, self.steps_per_epoch)
             for group in self.optimizer.param_groups:
-                group["lr"] = learning_rate(
-                    stage, p.epoch * self.steps_per_epoch + p.step, self.steps_per_epoch
-                )
+                group["lr"] = lr * group["lr_scale"]
             gen.manual_seed(stream_seed(self.seed, _AUGMENT, index, p.epoch, p.step, self.rank))
             total += self._step(batch, partner, params)
             p.step += 1
@@ -436,10 +456,12 @@ class Trainer:
     def _step(self, batch: torch.Tensor, partner: torch.Tensor, params: list) -> torch.Tensor:
         """One optimizer step on the views of ``batch`` and ``partner``; returns the loss."""
         cfg, B = self.config, self.batches.share
-        views = torch.cat(
-            [augment(x, cfg.image_size, self._generator, cfg.augment) for x in (batch, partner)]
-        )
-        if cfg.channels_last:
+        if cfg.inputs == "features":
+            views = torch.cat([batch, partner])
+        else:
+            gen, pair = self._generator, (batch, partner)
+            views = torch.cat([augment(x, cfg.image_size, gen, cfg.augment) for x in pair])
+        if cfg.channels_last and views.ndim == 4:
             views = views.contiguous(memory_format=torch.channels_last)
         with torch.autocast(self.device.type, torch.bfloat16, enabled=self._autocast):
             z = self._forward(views)
@@ -463,7 +485,7 @@ class Trainer:
         for readout_only in (False, True):
             stage = Stage(1, 1e-3, 0, self.net.out_dim, readout_only)
             self.optimizer = self._make_optimizer(stage)
-            params = [q for group in self.optimizer.param_groups for q in group["params"]]
+            params = _optimized(self.optimizer)
             self._forward = self._wrap()
             self.net.train()
             order = torch.randperm(len(self.images), generator=self._generator, device=self.device)
@@ -550,25 +572,32 @@ class Trainer:
         self.net.eval()
         chunks = torch.arange(len(self.images), device=self.images.device).split(_FEATURE_CHUNK)
         features = torch.cat(
-            [
-                self.net.backbone(self.images[chunk].to(self.device).float() / 255).float()
-                for chunk in chunks
-            ]
+            [self.net.backbone(self._network_input(self.images[chunk])).float() for chunk in chunks]
         )
         self.net.train(was_training)
         features = torch.nn.functional.normalize(features, dim=1)
         return nearest_neighbours(features, self.config.neighbour_k)
 
+    def _network_input(self, inputs: torch.Tensor) -> torch.Tensor:
+        """A batch of the training inputs as the network takes it, on the device: images
+        scaled to [0, 1]; features as they are."""
+        inputs = inputs.to(self.device)
+        return inputs if self.config.inputs == "features" else inputs.float() / 255
+
     def neighbours(self) -> torch.Tensor:
-        """Each image's nearest neighbours: in pixel space found once per run; in feature
-        space, those found last."""
+        """Each image's nearest neighbours: in pixel space (or by the cosine of frozen
+        features) found once per run; in the network's feature space, those found last."""
         if self._neighbours is None:
+            space = "frozen feature" if self.config.inputs == "features" else "pixel"
             _report(
                 f"picmap: finding each image's {self.config.neighbour_k} nearest neighbours "
-                "in pixel space",
+                f"in {space} space",
                 self._verbose,
             )
-            points = root_pixel_pca(self.images, self.device)
+            if self.config.inputs == "features":
+                points = torch.nn.functional.normalize(self.images.to(self.device).float(), dim=1)
+            else:
+                points = root_pixel_pca(self.images, self.device)
             self._neighbours = nearest_neighbours(points, self.config.neighbour_k)
         return self._neighbours
 
@@ -650,7 +679,7 @@ class Trainer:
             return
         tensors = {f"model.{k}": v.detach().contiguous() for k, v in self.net.state_dict().items()}
         if self.optimizer is not None:
-            for i, param in enumerate(self.optimizer.param_groups[0]["params"]):
+            for i, param in enumerate(_optimized(self.optimizer)):
                 buf = self.optimizer.state.get(param, {}).get("momentum_buffer")
                 if buf is not None:
                     tensors[f"optim.{i}"] = buf.contiguous()
@@ -705,7 +734,7 @@ class Trainer:
         optimizer = None
         if progress.epoch or progress.step:  # mid-stage; at a stage's start, the stage makes it
             optimizer = self._make_optimizer(self.config.stages[progress.stage])
-        params = optimizer.param_groups[0]["params"] if optimizer else []
+        params = _optimized(optimizer) if optimizer else []
         buffers = {f"optim.{i}": param for i, param in enumerate(params)}
         graph = tensors.pop("neighbours", None)
         if graph is not None:

@@ -1,4 +1,5 @@
-"""Batches of uint8 images on the training device, from data on the device or on the host."""
+"""Batches of uint8 images (or feature rows) on the training device, from data on the device
+or on the host."""
 
 from __future__ import annotations
 
@@ -57,7 +58,7 @@ class DeviceBatches:
         self.streaming = not same_device(images.device, self.device)
         pin = self.streaming and self.device.type == "cuda"
         shape = (self.share, *images.shape[1:])
-        self._buffers = [torch.empty(shape, dtype=torch.uint8, pin_memory=pin) for _ in range(2)]
+        self._buffers = [torch.empty(shape, dtype=images.dtype, pin_memory=pin) for _ in range(2)]
         self._copied: list[torch.cuda.Event | None] = [None, None]
         # Copies queued on the compute stream would wait for the step before them.
         self._copy_stream = torch.cuda.Stream(self.device) if pin else None
