@@ -164,3 +164,42 @@ def test_resume_of_a_finished_run_does_not_retrain(fitted_run):
     result = CliRunner().invoke(main, ["fit", "unused", "--out", str(fitted_run), "--resume"])
     assert result.exit_code == 0 and "already finished" in result.output
     assert (fitted_run / "embedding.npy").stat().st_mtime_ns == before
+
+
+def test_fit_with_a_torchvision_backbone_and_a_local_weights_file(image_folder, tmp_path):
+    import torch
+    import torchvision
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    weights = tmp_path / "resnet18.safetensors"
+    save_file(torchvision.models.resnet18().state_dict(), str(weights))
+    pretrained = ["--backbone", "torchvision:resnet18", "--weights", str(weights)]
+    fast = ["--epochs", "2,1,2", "--device", "cpu", "--feature-cache", str(tmp_path / "cache")]
+    out = tmp_path / "run"
+    result = CliRunner().invoke(
+        main, ["fit", str(image_folder), "--out", str(out), *pretrained, *fast]
+    )
+    assert result.exit_code == 0, result.output
+    assert "backbone features: 100%" in result.output  # the feature pass shows its progress
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert (metrics["backbone"], metrics["backbone_mode"]) == ("torchvision:resnet18", "frozen")
+    assert np.load(out / "embedding.npy").shape == (211, 2)
+    assert metrics["knn_accuracy"] > 0.5  # three plain shapes, even on random-weight features
+    again = CliRunner().invoke(
+        main, ["fit", str(image_folder), "--out", str(tmp_path / "again"), *pretrained, *fast]
+    )
+    assert again.exit_code == 0 and "backbone features read from" in again.output
+
+
+def test_fit_with_a_missing_weights_file_says_so_in_one_line(image_folder, tmp_path):
+    args = ["--backbone", "torchvision:resnet18", "--weights", str(tmp_path / "none.pth")]
+    result = CliRunner().invoke(
+        main, ["fit", str(image_folder), "--out", str(tmp_path / "o"), *args]
+    )
+    assert result.exit_code != 0
+    assert "none.pth': no such file" in result.output and "Traceback" not in result.output
+    bad = CliRunner().invoke(
+        main, ["fit", str(image_folder), "--out", str(tmp_path / "o"), "--backbone", "resnet"]
+    )
+    assert bad.exit_code == 2 and "LIBRARY:NAME" in bad.output

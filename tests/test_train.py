@@ -119,9 +119,12 @@ def test_nan_loss_stops_and_keeps_last_good_weights():
 
 
 @pytest.mark.parametrize(
-    ("neighbour_share", "space"), [(0.0, "pixels"), (0.5, "pixels"), (1.0, "features")]
+    ("neighbour_share", "space", "backbone_lr_ratio"),
+    [(0.0, "pixels", 1.0), (0.5, "pixels", 1.0), (1.0, "features", 1.0), (0.0, "pixels", 0.1)],
 )
-def test_stop_request_saves_and_resume_continues_exactly(tmp_path, neighbour_share, space):
+def test_stop_request_saves_and_resume_continues_exactly(
+    tmp_path, neighbour_share, space, backbone_lr_ratio
+):
     stages = [
         Stage(2, 0.05, 1, 128, False),
         Stage(1, 0.05, 0, 2, True),
@@ -136,6 +139,7 @@ def test_stop_request_saves_and_resume_continues_exactly(tmp_path, neighbour_sha
             neighbour_k=3,
             neighbour_space=space,
             neighbour_refresh=1,
+            backbone_lr_ratio=backbone_lr_ratio,  # ≠ 1: two optimizer groups to checkpoint
         )
         return Trainer(_net(), _images(), config, 7, ckpt)
 
@@ -343,3 +347,36 @@ def test_a_checkpoint_with_a_foreign_neighbour_graph_is_refused(tmp_path):
     save_file(tensors, str(path), metadata=meta)
     with pytest.raises(ValueError, match="neighbour graph names images that do not exist"):
         Trainer(_net(), _images(), config, 0, tmp_path).resume()
+
+
+def test_a_backbone_lr_ratio_scales_the_backbone_learning_rate_alone():
+    stages = [Stage(2, 0.05, 0, 128, False)]
+    trainer = Trainer(_net(), _images(), _config(stages, backbone_lr_ratio=0.1), 0)
+    seen = []
+    trainer.on_epoch_end = lambda t: seen.append(list(t.optimizer.param_groups))
+    trainer.run()
+    backbone = {id(p) for p in trainer.net.backbone.parameters()}
+    for first, second in seen:
+        assert {id(p) for p in first["params"]} == backbone
+        assert not backbone & {id(p) for p in second["params"]}
+        assert first["lr"] == pytest.approx(0.1 * second["lr"]) and second["lr"] > 0
+    assert len(seen) == 2
+
+
+def test_feature_inputs_train_unaugmented_on_their_cosine_neighbours(monkeypatch):
+    features = torch.randn(40, 6, generator=torch.Generator().manual_seed(0))
+    net = EmbeddingNet(torch.nn.Identity(), 6, 16, 128)
+    config = _config(
+        [Stage(1, 0.05, 0, 128, False)], neighbour_share=1.0, neighbour_k=3, inputs="features"
+    )
+    trainer = Trainer(net, features, config, 0)
+    fed = []
+    forward = net.forward
+    monkeypatch.setattr(net, "forward", lambda x: fed.append(x) or forward(x))
+    trainer.run()
+    unit = torch.nn.functional.normalize(features, dim=1)
+    cosine = unit @ unit.T
+    cosine.fill_diagonal_(-2)
+    assert torch.equal(trainer.neighbours(), cosine.topk(3, dim=1).indices)
+    rows = {tuple(row.tolist()) for row in features}
+    assert fed and all(tuple(row.tolist()) in rows for x in fed for row in x)  # no augmentation
