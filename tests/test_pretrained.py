@@ -240,9 +240,13 @@ def test_frozen_mode_trains_the_head_alone_and_saves_a_loadable_map(
 ):
     X, _ = digits
     source = load_backbone(f"picmap:{picmap_folder}", verbose=False)
-    model = TSimCNE(f"picmap:{picmap_folder}", total_epochs=[3, 1, 3], seed=0, verbose=False).fit(
-        X[:600]
-    )
+    model = TSimCNE(
+        f"picmap:{picmap_folder}",
+        backbone_mode="frozen",
+        total_epochs=[3, 1, 3],
+        seed=0,
+        verbose=False,
+    ).fit(X[:600])
     assert model.backbone_mode_ == "frozen" and model.recipe_ == "neighbours"
     after = _backbone_state(model)
     assert all(torch.equal(after[k], v) for k, v in source.state_dict().items())
@@ -282,7 +286,7 @@ def test_modes_that_cannot_work_are_refused(picmap_folder, digits):
     X, _ = digits
     with pytest.raises(ValueError, match=r"backbone_mode='frozen' needs a pretrained backbone"):
         TSimCNE("mlp", backbone_mode="frozen").fit(X[:100])
-    colour = TSimCNE(f"picmap:{picmap_folder}", recipe="colour", total_epochs=[1, 0, 0])
+    colour = TSimCNE(f"picmap:{picmap_folder}", backbone_mode="frozen", recipe="colour")
     with pytest.raises(ValueError, match=r"frozen backbone's fixed features cannot vary"):
         colour.fit(X[:100])
     with pytest.raises(ValueError, match=r"weights=.* is for a torchvision, timm or open_clip"):
@@ -305,6 +309,7 @@ def test_feature_cache_is_reused_and_invalidated_by_new_images_or_weights(
 
     def fit(images, source=picmap_folder):
         params = {"total_epochs": [1, 0, 1], "seed": 0, "verbose": False}
+        params["backbone_mode"] = "frozen"
         return TSimCNE(f"picmap:{source}", feature_cache=tmp_path / "cache", **params).fit(images)
 
     first = fit(X[:300])
@@ -343,6 +348,7 @@ def test_a_stopped_frozen_fit_resumes_to_the_same_map(picmap_folder, digits, tmp
 
     X, _ = digits
     params = {"total_epochs": [2, 1, 2], "seed": 0, "verbose": False, "checkpoint_interval": 0}
+    params["backbone_mode"] = "frozen"
     straight = TSimCNE(f"picmap:{picmap_folder}", **params).fit(X[:300])
 
     def stop_in_stage_3(trainer):
@@ -365,3 +371,13 @@ def test_a_pretrained_backbone_keeps_images_up_to_its_input_size_on_a_cpu(resnet
     model.fit(images)
     assert model.image_size_ == 48
     assert TSimCNE("tiny", total_epochs=[1, 0, 0], verbose=False).fit(images).image_size_ == 32
+
+
+def test_auto_freezes_library_networks_and_fine_tunes_picmaps(picmap_folder, resnet18_file, digits):
+    X, _ = digits
+    params = {"total_epochs": [1, 0, 0], "batch_size": 64, "verbose": False}
+    own = TSimCNE(f"picmap:{picmap_folder}", **params).fit(X[:200])
+    assert own.backbone_mode_ == "finetune" and own.recipe_ == "neighbours"
+    library = TSimCNE("torchvision:resnet18", weights=resnet18_file[1], **params).fit(X[:100])
+    assert library.backbone_mode_ == "frozen" and library.recipe_ == "neighbours"
+    assert TSimCNE("tiny", **params).fit(X[:100]).backbone_mode_ == "train"

@@ -243,14 +243,14 @@ def main() -> None:
     show_default=True,
     help="frozen: the pretrained backbone's features once, then only the head trains (on "
     "neighbours in that feature space; minutes on a CPU). finetune: the whole network, the "
-    "pretrained part at a tenth of the learning rate. 'auto': frozen for a pretrained backbone.",
+    "pretrained part at a tenth of the learning rate. 'auto': frozen for torchvision, timm and "
+    "open_clip networks, finetune for picmap:DIR.",
 )
 @click.option(
     "--feature-cache",
     type=click.Path(file_okay=False),
     default=None,
-    help="Folder for the frozen backbone's features, to share them between maps [default: "
-    "--out].",
+    help="Folder for the frozen backbone's features, to share them between maps [default: --out].",
 )
 @click.option(
     "--batch-size",
