@@ -1,8 +1,8 @@
 """What a map reveals: outliers, likely label errors and near-duplicate images.
 
 All three work on what a fitted model gives — the 2-D map and the backbone's features — and
-use k-nearest-neighbour queries (scikit-learn's ``NearestNeighbors``), so memory grows with
-``N × k``, never ``N²``.
+use k-nearest-neighbour queries (:mod:`picmap.neighbours`: exact up to 50,000 images,
+approximate beyond), so time grows as N log N to N^1.5 and memory with ``N × k``, never ``N²``.
 
 - Outliers: images far from every neighbour. Each image's mean distance to its ``k`` nearest
   neighbours is ranked in the map and in feature space; the score is the mean of the two
@@ -21,9 +21,9 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy.stats import rankdata
-from sklearn.neighbors import NearestNeighbors
 
-from .evaluate import K, nearest_neighbors, neighbour_count
+from .evaluate import K, neighbour_count
+from .neighbours import knn_graph
 
 OUTLIER_FRACTION = 0.01
 LABEL_ERROR_MIN_SCORE = 0.5
@@ -121,7 +121,7 @@ def find_label_errors(
             f"shape {labels.shape}"
         )
     k = neighbour_count(k, len(features))
-    near = labels[nearest_neighbors(features, k)]
+    near = labels[knn_graph(features, k)[1]]
     scores = np.mean(near != labels[:, None], axis=1)
     values = np.unique(labels)
     votes = np.stack([np.count_nonzero(near == v, axis=1) for v in values], axis=1)
@@ -150,7 +150,7 @@ def find_duplicates(
     unit = centred / np.where(norms > 0, norms, 1)
     k = neighbour_count(candidates, len(unit))
     # For unit vectors ‖a − b‖² = 2 − 2·cos(a, b): nearest in distance = most similar.
-    distance, index = NearestNeighbors(n_neighbors=k).fit(unit).kneighbors()
+    distance, index = knn_graph(unit, k)
     similarity = 1 - distance**2 / 2
     rows, cols = np.nonzero(similarity >= threshold - 1e-6)
     pairs = np.sort(np.stack([rows, index[rows, cols]], axis=1), axis=1)
@@ -166,13 +166,12 @@ def _ranked(scores: np.ndarray) -> np.ndarray:
 
 
 def _mean_neighbour_distance(X: np.ndarray, k: int) -> np.ndarray:
-    distance, _ = NearestNeighbors(n_neighbors=k).fit(X).kneighbors()
-    return distance.mean(axis=1)
+    return knn_graph(X, k)[0].mean(axis=1)
 
 
 def _check_points(X: np.ndarray, name: str) -> np.ndarray:
-    """``X`` as a finite float N×D array, or a ValueError naming ``name``."""
-    X = np.asarray(X, dtype=np.float64)
+    """``X`` as a finite float32 N×D array, or a ValueError naming ``name``."""
+    X = np.asarray(X, dtype=np.float32)
     if X.ndim != 2 or len(X) < 2:
         raise ValueError(f"{name} must be an N×D array with N ≥ 2, got shape {X.shape}")
     if not np.isfinite(X).all():

@@ -5,6 +5,13 @@ The protocol: classifiers are fitted on training points and scored on held-out p
 train/test split, or else a stratified 5-fold cross-validation. The same scores are computed for
 the backbone's high-dimensional features and for baselines (:mod:`picmap.baselines`), so a
 report shows what the map keeps and what it loses.
+
+Large collections: from ``CV_UP_TO`` images on, one stratified split holds out ``HELD_OUT``
+images (the paper's 10,000-image test split) instead of cross-validating; the logistic
+regression is fitted on at most ``LINEAR_TRAIN`` of the training images; and neighbourhood
+preservation is measured for a random ``PRESERVATION_SAMPLE`` of the images, whose neighbours
+are still sought among all. Neighbours come from :mod:`picmap.neighbours` (exact up to 50,000
+points of more than 3 dimensions, approximate beyond), so nothing is quadratic.
 """
 
 from __future__ import annotations
@@ -13,16 +20,21 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
-from sklearn.base import ClassifierMixin
+from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import StratifiedKFold
-from sklearn.neighbors import KNeighborsClassifier, NearestNeighbors
+from sklearn.model_selection import StratifiedKFold, train_test_split
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
+from .neighbours import knn_graph, knn_query
+
 K = 15  # the paper's kNN classifier and the neighbourhood size used throughout
 N_SPLITS = 5
+CV_UP_TO = 100_000  # from this many images on, one held-out split instead of cross-validation
+HELD_OUT = 10_000
+LINEAR_TRAIN = 100_000
+PRESERVATION_SAMPLE = 10_000
 
 
 def _check_inputs(Y: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -53,13 +65,29 @@ def knn_accuracy(
     """
     _check_k(k)
     return _held_out_score(
-        lambda n_train: KNeighborsClassifier(n_neighbors=min(k, n_train)),
-        Y,
-        labels,
-        test_mask,
-        n_splits,
-        seed,
+        lambda n_train: _IndexedKNN(min(k, n_train)), Y, labels, test_mask, n_splits, seed
     )
+
+
+class _IndexedKNN(ClassifierMixin, BaseEstimator):
+    """A majority vote of the ``k`` nearest training points, found by :func:`knn_query` (as
+    scikit-learn's KNeighborsClassifier, ties to the smallest label, without its quadratic
+    brute-force search for more than a few dimensions)."""
+
+    def __init__(self, k: int) -> None:
+        self.k = k
+
+    def fit(self, X: np.ndarray, y: np.ndarray) -> _IndexedKNN:
+        self.X_, (self.classes_, self.codes_) = X, np.unique(y, return_inverse=True)
+        return self
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        _, index = knn_query(self.X_, X, self.k)
+        votes = np.zeros((len(X), len(self.classes_)), np.int32)
+        rows = np.arange(len(X))
+        for column in self.codes_[index].T:
+            votes[rows, column] += 1
+        return self.classes_[votes.argmax(axis=1)]
 
 
 def linear_accuracy(
@@ -82,6 +110,7 @@ def linear_accuracy(
             test_mask,
             n_splits,
             seed,
+            max_train=LINEAR_TRAIN,
         )
 
 
@@ -92,8 +121,10 @@ def _held_out_score(
     test_mask: np.ndarray | None,
     n_splits: int,
     seed: int,
+    max_train: int | None = None,
 ) -> float:
-    """Mean held-out accuracy of fresh classifiers (given the training size) over the splits."""
+    """Mean held-out accuracy of fresh classifiers (given the training size) over the splits,
+    each fitted on at most ``max_train`` training points (a random stratified subset)."""
     Y, labels = _check_inputs(Y, labels)
     problem = protocol_problem(labels, test_mask, n_splits)
     if problem:
@@ -101,15 +132,30 @@ def _held_out_score(
     if test_mask is not None:
         test_mask = np.asarray(test_mask, dtype=bool)
         splits = [(np.flatnonzero(~test_mask), np.flatnonzero(test_mask))]
+    elif len(labels) >= CV_UP_TO:
+        splits = [_stratified_split(np.arange(len(labels)), labels, HELD_OUT, seed)[::-1]]
     else:
         folds = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed)
         splits = list(folds.split(Y, labels))
     scores = []
     for train, test in splits:
+        if max_train is not None and len(train) > max_train:
+            train, _ = _stratified_split(train, labels[train], max_train, seed)
         clf = make_classifier(len(train))
         clf.fit(Y[train], labels[train])
         scores.append(clf.score(Y[test], labels[test]))
     return float(np.mean(scores))
+
+
+def _stratified_split(
+    index: np.ndarray, labels: np.ndarray, size: int, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """``size`` of ``index`` drawn at random, stratified by ``labels`` where every class has two
+    or more points; and the rest."""
+    _, counts = np.unique(labels, return_counts=True)
+    stratify = labels if counts.min() >= 2 else None
+    chosen, rest = train_test_split(index, train_size=size, random_state=seed, stratify=stratify)
+    return chosen, rest
 
 
 def protocol_problem(
@@ -141,15 +187,25 @@ def protocol_name(
     labels: np.ndarray, test_mask: np.ndarray | None, n_splits: int = N_SPLITS
 ) -> str:
     """The protocol in words, for reports."""
+    if test_mask is None and len(labels) >= CV_UP_TO:
+        return (
+            f"{HELD_OUT} of {len(labels)} images held out (stratified); the linear classifier "
+            f"fitted on {min(LINEAR_TRAIN, len(labels) - HELD_OUT)} of the others"
+        )
     if test_mask is None:
         return f"stratified {n_splits}-fold cross-validation on {len(labels)} images"
     held_out = int(np.count_nonzero(test_mask))
     return f"fitted on {len(labels) - held_out} training images, scored on {held_out} held out"
 
 
-def neighborhood_preservation(features: np.ndarray, Y: np.ndarray, k: int = K) -> float:
+def neighborhood_preservation(
+    features: np.ndarray, Y: np.ndarray, k: int = K, *, sample: int = PRESERVATION_SAMPLE, seed: int = 0
+) -> float:
     """Mean fraction of each point's ``k`` nearest neighbours in ``features`` that are also
-    among its ``k`` nearest neighbours in ``Y`` (1 = the map keeps every neighbourhood)."""
+    among its ``k`` nearest neighbours in ``Y`` (1 = the map keeps every neighbourhood).
+
+    With more than ``sample`` points, the mean is over a random ``sample`` of them (their
+    neighbours are sought among all points)."""
     features, Y = np.asarray(features), np.asarray(Y)
     if features.ndim != 2 or Y.ndim != 2 or len(Y) != len(features):
         raise ValueError(
@@ -160,17 +216,15 @@ def neighborhood_preservation(features: np.ndarray, Y: np.ndarray, k: int = K) -
         if not np.isfinite(array).all():
             raise ValueError(f"{name} contains NaN or infinite values; drop those points first")
     k = neighbour_count(k, len(Y))
-    near_f = nearest_neighbors(features, k)
-    near_y = nearest_neighbors(Y, k)
+    if len(Y) > sample:
+        chosen = np.sort(np.random.default_rng(seed).choice(len(Y), sample, replace=False))
+        near_f, near_y = (knn_graph(X, k, rows=chosen)[1] for X in (features, Y))
+    else:
+        near_f, near_y = (knn_graph(X, k)[1] for X in (features, Y))
     # Each row holds k distinct indices per space, so repeats in the sorted union are shared ones.
     both = np.sort(np.concatenate([near_f, near_y], axis=1), axis=1)
     shared = np.count_nonzero(both[:, 1:] == both[:, :-1], axis=1)
     return float(shared.mean() / k)
-
-
-def nearest_neighbors(X: np.ndarray, k: int) -> np.ndarray:
-    """Indices (N×k) of each row's ``k`` nearest other rows (Euclidean; itself excluded)."""
-    return NearestNeighbors(n_neighbors=k).fit(X).kneighbors(return_distance=False)
 
 
 def neighbour_count(k: int, n: int) -> int:
