@@ -18,6 +18,7 @@ from picmap.evaluate import (
     knn_accuracy,
     linear_accuracy,
     neighborhood_preservation,
+    protocol_name,
     protocol_problem,
     quality_report,
 )
@@ -59,6 +60,46 @@ def test_neighborhood_preservation_by_hand():
     assert neighborhood_preservation(features, Y, k=2) == pytest.approx((1 + 1 + 1 + 2) / 8)
     assert neighborhood_preservation(features, 3 * Y[:, ::-1] + 1, k=2) == pytest.approx(5 / 8)
     assert neighborhood_preservation(features, features, k=3) == 1.0
+
+
+def test_knn_votes_as_scikit_learn_does_in_many_dimensions():
+    from sklearn.datasets import load_digits
+    from sklearn.neighbors import KNeighborsClassifier
+
+    digits = load_digits()
+    X, y = digits.data + np.random.default_rng(0).normal(0, 1e-3, digits.data.shape), digits.target
+    mask = np.arange(len(y)) % 4 == 0
+    theirs = KNeighborsClassifier(15).fit(X[~mask], y[~mask]).score(X[mask], y[mask])
+    assert knn_accuracy(X, y, test_mask=mask) == pytest.approx(theirs)
+
+
+def test_large_collections_are_scored_on_one_stratified_held_out_split(monkeypatch):
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+    from sklearn.neighbors import KNeighborsClassifier
+
+    monkeypatch.setattr("picmap.evaluate.CV_UP_TO", 1000)
+    monkeypatch.setattr("picmap.evaluate.HELD_OUT", 300)
+    digits = load_digits()
+    X, y = (
+        digits.data[:, ::4]
+        + np.random.default_rng(0).normal(0, 1e-3, (len(y := digits.target), 16)),
+        y,
+    )
+    train, test = train_test_split(np.arange(len(y)), test_size=300, random_state=0, stratify=y)
+    theirs = KNeighborsClassifier(15).fit(X[train], y[train]).score(X[test], y[test])
+    assert knn_accuracy(X, y) == pytest.approx(theirs)
+    assert protocol_name(y, None).startswith("300 of 1797 images held out")
+
+
+def test_neighborhood_preservation_on_a_sample_estimates_the_whole():
+    rng = np.random.default_rng(1)
+    features = rng.normal(size=(3000, 10))
+    Y = features[:, :2] + rng.normal(0, 0.3, (3000, 2))
+    whole = neighborhood_preservation(features, Y)
+    sampled = neighborhood_preservation(features, Y, sample=600)
+    assert sampled != whole
+    assert sampled == pytest.approx(whole, abs=0.02)
 
 
 def test_protocol_problems_are_named():

@@ -133,14 +133,14 @@ def _held_out_score(
         test_mask = np.asarray(test_mask, dtype=bool)
         splits = [(np.flatnonzero(~test_mask), np.flatnonzero(test_mask))]
     elif len(labels) >= CV_UP_TO:
-        splits = [_stratified_split(np.arange(len(labels)), labels, HELD_OUT, seed)[::-1]]
+        splits = [_stratified_split(np.arange(len(labels)), labels, HELD_OUT, seed)]
     else:
         folds = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed)
         splits = list(folds.split(Y, labels))
     scores = []
     for train, test in splits:
         if max_train is not None and len(train) > max_train:
-            train, _ = _stratified_split(train, labels[train], max_train, seed)
+            train, _ = _stratified_split(train, labels[train], len(train) - max_train, seed)
         clf = make_classifier(len(train))
         clf.fit(Y[train], labels[train])
         scores.append(clf.score(Y[test], labels[test]))
@@ -148,14 +148,15 @@ def _held_out_score(
 
 
 def _stratified_split(
-    index: np.ndarray, labels: np.ndarray, size: int, seed: int
+    index: np.ndarray, labels: np.ndarray, held_out: int, seed: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``size`` of ``index`` drawn at random, stratified by ``labels`` where every class has two
-    or more points; and the rest."""
+    """``index`` split at random into the kept and ``held_out`` held-out entries, stratified by
+    ``labels`` where every class has two or more points."""
     _, counts = np.unique(labels, return_counts=True)
     stratify = labels if counts.min() >= 2 else None
-    chosen, rest = train_test_split(index, train_size=size, random_state=seed, stratify=stratify)
-    return chosen, rest
+    return tuple(
+        train_test_split(index, test_size=held_out, random_state=seed, stratify=stratify)
+    )
 
 
 def protocol_problem(
