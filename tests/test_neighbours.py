@@ -110,7 +110,7 @@ def test_queries_of_the_wrong_width_are_refused():
 
 def test_without_faiss_the_search_is_exact_in_torch(monkeypatch):
     points = load_digits().data.astype(np.float32)
-    distances, index = knn_graph(points, 6, exact=True)
+    distances, _ = knn_graph(points, 6, exact=True)
     monkeypatch.setattr("picmap.neighbours._faiss_installed", lambda: False)
     monkeypatch.setattr("picmap.neighbours._FLOATS_AT_ONCE", 500 * len(points))  # 4 chunks
     torch_distances, torch_index = knn_graph(points, 6)

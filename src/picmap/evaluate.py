@@ -154,9 +154,7 @@ def _stratified_split(
     ``labels`` where every class has two or more points."""
     _, counts = np.unique(labels, return_counts=True)
     stratify = labels if counts.min() >= 2 else None
-    return tuple(
-        train_test_split(index, test_size=held_out, random_state=seed, stratify=stratify)
-    )
+    return tuple(train_test_split(index, test_size=held_out, random_state=seed, stratify=stratify))
 
 
 def protocol_problem(
@@ -200,7 +198,12 @@ def protocol_name(
 
 
 def neighborhood_preservation(
-    features: np.ndarray, Y: np.ndarray, k: int = K, *, sample: int = PRESERVATION_SAMPLE, seed: int = 0
+    features: np.ndarray,
+    Y: np.ndarray,
+    k: int = K,
+    *,
+    sample: int = PRESERVATION_SAMPLE,
+    seed: int = 0,
 ) -> float:
     """Mean fraction of each point's ``k`` nearest neighbours in ``features`` that are also
     among its ``k`` nearest neighbours in ``Y`` (1 = the map keeps every neighbourhood).
