@@ -102,7 +102,7 @@ def write_explorer(
         "thumbs": None if images is None else _atlases(_check_images(images, n)),
         "lists": _check_lists(lists, n),
     }
-    write_text_atomic(path, _page(str(title), data))
+    write_text_atomic(path, _page("page.html", "explorer.js", str(title), data))
     return Path(path)
 
 
@@ -173,9 +173,10 @@ def _json_for_script(data: dict[str, Any]) -> str:
     return text.replace("&", "\\u0026").replace("<", "\\u003c").replace(">", "\\u003e")
 
 
-def _page(title: str, data: dict[str, Any]) -> str:
-    """Fill the page template; inserted parts are never scanned for placeholders again."""
-    script = _asset("explorer.js")
+def _page(template: str, script_name: str, title: str, data: dict[str, Any]) -> str:
+    """Fill the page ``template`` with ``script_name``, the styles and ``data``; inserted parts
+    are never scanned for placeholders again."""
+    script = _asset(script_name)
     digest = base64.b64encode(hashlib.sha256(script.encode("utf-8")).digest()).decode("ascii")
     parts = {
         "title": html.escape(title),
@@ -184,7 +185,7 @@ def _page(title: str, data: dict[str, Any]) -> str:
         "script_hash": f"sha256-{digest}",
         "data": _json_for_script(data),
     }
-    return re.sub(r"\{\{(\w+)\}\}", lambda match: parts[match.group(1)], _asset("page.html"))
+    return re.sub(r"\{\{(\w+)\}\}", lambda match: parts[match.group(1)], _asset(template))
 
 
 @cache
