@@ -215,3 +215,20 @@ def test_named_dataset_with_a_split_is_scored_on_its_test_images():
     assert mask.sum() == 10_000 and mask[-10_000:].all()
     assert _held_out_mask({**settings, "split": "train"}, 60_000) is None
     assert _held_out_mask({**settings, "source": "digits"}, 1797) is None
+
+
+def test_pixel_pca_in_chunks_equals_the_whole_array_projection(monkeypatch):
+    from sklearn.decomposition import PCA
+
+    from picmap.baselines import pixel_pca
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (900, 1, 8, 8), dtype=np.uint8)
+    rows = images.reshape(900, -1).astype(np.float32) / 255
+    monkeypatch.setattr("picmap.baselines._CHUNK", 128)
+    np.testing.assert_allclose(
+        np.abs(pixel_pca(images)), np.abs(PCA(50, random_state=0).fit_transform(rows)), atol=1e-4
+    )
+    monkeypatch.setattr("picmap.baselines.PCA_SAMPLE", 300)  # axes from every 3rd image
+    axes = PCA(50, random_state=0).fit(rows[::3])
+    np.testing.assert_allclose(np.abs(pixel_pca(images)), np.abs(axes.transform(rows)), atol=1e-4)

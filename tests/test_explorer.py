@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from picmap.explore import write_explorer
 
@@ -242,3 +243,17 @@ def test_show_filter_highlights_a_list(session, data):
     page.fill("#search", "")
     page.select_option("#show", label="all")
     assert page.evaluate("window.picmap.highlightedCount()") == 0
+
+
+def test_atlases_read_in_chunks_equal_those_of_the_whole_array(monkeypatch):
+    from picmap.explore import _atlases, _jpeg_url, _tile
+    from picmap.plot import _thumbnails
+
+    monkeypatch.setattr("picmap.explore.ATLAS_PX", 256)  # 2×2 thumbnails of 128 px per atlas
+    pixels = torch.randint(0, 256, (30, 3, 200, 200), generator=torch.Generator().manual_seed(0))
+    pixels = pixels.to(torch.uint8)
+    chunked = _atlases(pixels)
+    assert (chunked["w"], chunked["perAtlas"], len(chunked["urls"])) == (128, 4, 8)
+    whole = _thumbnails(pixels, 128)  # every thumbnail shrunk at once, as before
+    expected = [_jpeg_url(_tile(whole[i : i + 4], 2)) for i in range(0, 30, 4)]
+    assert chunked["urls"] == expected

@@ -111,7 +111,7 @@ def page(browser, tiles):
         page.wait_for_function("() => window.picmap && window.picmap.ready")
         yield page
         assert not page.evaluate("window.pwned === 1")
-    context.close()
+        context.close()  # before the server stops: tiles may still be on their way
     assert errors == []
 
 

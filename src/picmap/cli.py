@@ -7,6 +7,7 @@ import json
 import logging
 import shlex
 import sys
+import threading
 import time
 import warnings
 import webbrowser
@@ -471,7 +472,18 @@ def _write_views(out_dir: Path, Y: np.ndarray, store: ImageStore, verbose: bool)
         return
     plot.scatter_map(Y, store.labels, store.class_names, path=out_dir / outputs.MAP_PNG)
     plot.thumbnail_map(Y, store.images, path=out_dir / outputs.THUMBNAILS_PNG)
-    _write_explorer(out_dir, Y, store)
+    from .explore import SINGLE_FILE_UP_TO
+
+    if len(Y) <= SINGLE_FILE_UP_TO:
+        _write_explorer(out_dir, Y, store)
+        return
+    (out_dir / outputs.EXPLORER_HTML).unlink(missing_ok=True)  # a smaller map's, now stale
+    if verbose:
+        click.echo(
+            f"picmap: {len(Y)} images are more than one explorer file holds "
+            f"({SINGLE_FILE_UP_TO}); `picmap explore {out_dir}` serves the map",
+            err=True,
+        )
 
 
 def _write_explorer(
@@ -736,13 +748,22 @@ def _discovery_summary(found: Discoveries, labelled: bool) -> str:
 
 @main.command()
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
-@click.option("--serve", is_flag=True, help="Serve the page on localhost instead of opening it.")
+@click.option("--serve", is_flag=True, help="Serve the map on localhost without opening it.")
 @click.option("--port", type=int, default=8000, show_default=True)
-def explore(run_dir: str, serve: bool, port: int) -> None:
-    """Open the interactive map (explorer.html) of the run in RUN_DIR."""
-    page = Path(run_dir) / outputs.EXPLORER_HTML
-    if not page.is_file():
-        raise CliError(f"{page} does not exist; run `picmap fit` with --out {run_dir} first")
+@click.option(
+    "--tiles",
+    is_flag=True,
+    help="Serve the map as tiles drawn on demand, with images read when hovered (the view "
+    "for maps larger than one explorer file holds; chosen then without this flag).",
+)
+def explore(run_dir: str, serve: bool, port: int, tiles: bool) -> None:
+    """Open the interactive map of the run in RUN_DIR: its explorer.html, or for a large map
+    a local server that draws it as tiles."""
+    out_dir = Path(run_dir)
+    page = out_dir / outputs.EXPLORER_HTML
+    if tiles or not page.is_file():
+        _serve_tiles(out_dir, port, open_it=not serve)
+        return
     if not serve:
         webbrowser.open(page.resolve().as_uri())
         click.echo(f"picmap: opened {page}", err=True)
@@ -755,6 +776,36 @@ def explore(run_dir: str, serve: bool, port: int) -> None:
         click.echo(f"picmap: serving http://127.0.0.1:{port}/{page.name} (Ctrl-C stops)", err=True)
         with contextlib.suppress(KeyboardInterrupt):
             server.serve_forever()
+
+
+def _serve_tiles(out_dir: Path, port: int, open_it: bool) -> None:
+    """Serve the run's map as tiles until Ctrl-C; open it in the browser when asked."""
+    from .explore.tiles import TileMap
+
+    if not (out_dir / outputs.EMBEDDING_NPY).is_file():
+        raise CliError(f"{out_dir} holds no map; run `picmap fit` with --out {out_dir} first")
+    Y, store = _run_data(out_dir)
+    if Y.shape[1] != 2:
+        raise CliError(f"{out_dir} holds a {Y.shape[1]}-D embedding; only 2-D maps are explored")
+    with contextlib.ExitStack() as stack:
+        try:
+            view = TileMap(
+                Y,
+                labels=store.labels,
+                class_names=store.class_names,
+                file_names=store.file_names,
+                images=store.images,
+                lists=outputs.read_lists(out_dir),
+                title=out_dir.resolve().name,
+            )
+            url = stack.enter_context(view.serve(port))
+        except (ValueError, TypeError, OSError) as err:
+            raise CliError(_error_text(err)) from None
+        click.echo(f"picmap: serving {len(Y)} images at {url} (Ctrl-C stops)", err=True)
+        if open_it:
+            webbrowser.open(url)
+        with contextlib.suppress(KeyboardInterrupt):
+            threading.Event().wait()
 
 
 @main.command(name="datasets")

@@ -105,6 +105,24 @@ def write_discoveries(out_dir: Path, found: Discoveries, store: ImageStore) -> l
     return written
 
 
+def read_lists(out_dir: Path) -> dict[str, list[int]]:
+    """The discovery lists that `picmap evaluate` wrote (point indices), for the explorer;
+    those not written yet are left out."""
+    columns = {
+        "outliers": (OUTLIERS_CSV, ["index"]),
+        "likely label errors": (LABEL_ERRORS_CSV, ["index"]),
+        "near-duplicates": (DUPLICATES_CSV, ["index_a", "index_b"]),
+    }
+    lists = {}
+    for name, (file_name, keys) in columns.items():
+        path = out_dir / file_name
+        if path.is_file():
+            with open(path, newline="", encoding="utf-8") as handle:
+                found = {int(row[key]) for row in csv.DictReader(handle) for key in keys}
+            lists[name] = sorted(found)
+    return lists
+
+
 def _write_ranked(path: Path, header: list[str], rows: Iterable[list]) -> Path:
     """A CSV whose rows, already ranked, are numbered from 1 in a first ``rank`` column."""
     write_csv(path, ["rank", *header], ([rank, *row] for rank, row in enumerate(rows, 1)))
