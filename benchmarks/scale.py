@@ -24,6 +24,7 @@ Then the growth exponent of each step's time between sizes (1 = linear, 2 = quad
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import os
@@ -176,29 +177,66 @@ def _evaluate(store, run_dir: Path, browser: bool) -> dict:
 
 
 def _explore(store, run_dir: Path, browser: bool) -> dict:
-    from picmap import explore
+    from picmap.explore import SINGLE_FILE_UP_TO, write_explorer
+    from picmap.explore.tiles import TileMap
 
     Y = np.load(run_dir / "embedding.npy")
+    data = {"labels": store.labels, "class_names": store.class_names, "images": store.images}
     started = time.perf_counter()
-    view = explore.prepare(run_dir, Y, store)
-    figures = {"seconds": time.perf_counter() - started, "view": view.kind}
+    if len(Y) <= SINGLE_FILE_UP_TO:
+        page = write_explorer(run_dir / "explorer.html", Y, **data)
+        figures = {"view": "single file", "file_mb": page.stat().st_size / 2**20}
+    else:
+        view = TileMap(Y, **data)
+        figures = {"view": "served tiles"}
+    figures["seconds"] = time.perf_counter() - started
     if browser:
-        figures.update(_in_browser(view))
+        view = TileMap(Y, **data)
+        figures["peak_mb_before_browser"] = (
+            resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        )
+        figures.update(_in_browser(view, Y))
     return figures
 
 
-def _in_browser(view) -> dict:
-    """First frame, pan and zoom frame times of ``view`` in headless Chromium."""
-    sys.path.insert(0, str(HERE.parent / "tests"))
-    from browser import chromium_page
+def _in_browser(view, Y: np.ndarray) -> dict:
+    """The served view in headless Chromium (software rendering): seconds until the first
+    view is drawn; median and slowest pan and zoom frame; the seconds until a zoomed-in view's
+    tiles are all drawn; and whether hovering a point shows that point."""
+    import shutil
 
-    with view.serving() as url, chromium_page() as page:
+    from playwright.sync_api import sync_playwright
+
+    with view.serve() as url, sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=shutil.which("chromium"))
+        page = browser.new_page(viewport={"width": 1280, "height": 800})
         started = time.perf_counter()
         page.goto(url)
-        page.wait_for_function("window.picmapReady === true", timeout=60_000)
+        page.wait_for_function("() => window.picmap && window.picmap.ready", timeout=120_000)
         first = time.perf_counter() - started
-        frames = page.evaluate("window.picmapBenchmark()")
-    return {"open_seconds": first, **frames}
+        frames = page.evaluate("window.picmap.frameTimes(30)")
+        started = time.perf_counter()
+        page.evaluate("window.picmap.ready = false; window.picmap.zoomAt(640, 400, 3)")
+        page.wait_for_function("() => window.picmap.ready", timeout=120_000)
+        settled = time.perf_counter() - started
+        target = int(np.argmin(np.linalg.norm(Y - np.median(Y, axis=0), axis=1)))
+        page.click("#fit")
+        box = page.locator("#map").bounding_box()
+        x, y = page.evaluate("([x, y]) => window.picmap.toPage(x, y)", Y[target].tolist())
+        page.evaluate("([x, y]) => window.picmap.zoomAt(x, y, 6)", [x - box["x"], y - box["y"]])
+        page.mouse.move(x, y)
+        page.wait_for_function("() => window.picmap.hovered() >= 0", timeout=10_000)
+        hovered = page.evaluate("window.picmap.hovered()")
+        browser.close()
+    gap = float(np.linalg.norm(Y[hovered] - Y[target]))
+    return {
+        "open_seconds": first,
+        "pan_ms": [float(np.median(frames["pan"])), float(max(frames["pan"]))],
+        "zoom_ms": [float(np.median(frames["zoom"])), float(max(frames["zoom"]))],
+        "zoomed_in_drawn_seconds": settled,
+        "hovered_the_point": hovered == target,
+        "hover_distance": gap,
+    }
 
 
 # -- the table -----------------------------------------------------------------------------------
@@ -259,7 +297,7 @@ def main() -> None:
         known = sorted(by_size)
         pairs = [
             f"{a}→{b}: {_exponent((a, by_size[a]['seconds']), (b, by_size[b]['seconds'])):.2f}"
-            for a, b in zip(known, known[1:])
+            for a, b in itertools.pairwise(known)
         ]
         print(f"  {step:10s} " + ", ".join(pairs))
 
