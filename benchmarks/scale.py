@@ -28,7 +28,6 @@ import itertools
 import json
 import math
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -110,8 +109,15 @@ def run_step(step: str, path: Path, run_dir: Path, browser: bool) -> dict:
     started = time.perf_counter()
     figures = globals()[f"_{step}"](store, run_dir, browser)
     figures.setdefault("seconds", time.perf_counter() - started)
-    figures["peak_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    figures["peak_mb"] = peak_mb()
     return figures
+
+
+def peak_mb() -> float:
+    """This process's peak resident memory in MiB. VmHWM, not getrusage's ru_maxrss: Linux
+    carries ru_maxrss over from the parent through fork and exec."""
+    status = Path("/proc/self/status").read_text()
+    return int(status.split("VmHWM:")[1].split()[0]) / 1024
 
 
 def _neighbours(store, run_dir: Path, browser: bool) -> dict:
@@ -192,9 +198,7 @@ def _explore(store, run_dir: Path, browser: bool) -> dict:
     figures["seconds"] = time.perf_counter() - started
     if browser:
         view = TileMap(Y, **data)
-        figures["peak_mb_before_browser"] = (
-            resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        )
+        figures["peak_mb_before_browser"] = peak_mb()
         figures.update(_in_browser(view, Y))
     return figures
 

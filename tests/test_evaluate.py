@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import sys
 
 import numpy as np
@@ -232,3 +233,42 @@ def test_pixel_pca_in_chunks_equals_the_whole_array_projection(monkeypatch):
     monkeypatch.setattr("picmap.baselines.PCA_SAMPLE", 300)  # axes from every 3rd image
     axes = PCA(50, random_state=0).fit(rows[::3])
     np.testing.assert_allclose(np.abs(pixel_pca(images)), np.abs(axes.transform(rows)), atol=1e-4)
+
+
+@pytest.mark.slow
+def test_a_map_too_large_for_one_file_is_served_as_tiles_with_its_lists(tmp_path, monkeypatch):
+    import urllib.request
+
+    monkeypatch.setattr("picmap.explore.SINGLE_FILE_UP_TO", 1000)  # digits: 1,797 images
+    out = tmp_path / "run"
+    fit = ["fit", "digits", "--out", str(out), "--epochs", "1,1,1", "--batch-size", "128"]
+    result = CliRunner().invoke(main, fit)
+    assert result.exit_code == 0, result.output
+    assert not (out / "explorer.html").exists()
+    assert f"`picmap explore {out}` serves the map" in result.output
+    assert CliRunner().invoke(main, ["evaluate", str(out)]).exit_code == 0
+    with open(out / "outliers.csv", newline="") as handle:
+        outliers = [int(row["index"]) for row in csv.DictReader(handle)]
+
+    seen = {}
+
+    def browse(url: str) -> None:  # while the server runs
+        seen["page"] = urllib.request.urlopen(url).read().decode()
+        seen["thumb"] = urllib.request.urlopen(f"{url}thumb/{outliers[0]}.png").read()
+        seen["tile"] = urllib.request.urlopen(f"{url}tile/0/0/0.png?list=0").read()
+
+    monkeypatch.setattr("webbrowser.open", browse)
+    monkeypatch.setattr("threading.Event.wait", lambda self, timeout=None: True)
+    result = CliRunner().invoke(main, ["explore", str(out), "--port", "0"])
+    assert result.exit_code == 0, result.output
+    assert "serving 1797 images at http://127.0.0.1:" in result.output
+    data = json.loads(re.search(r'id="picmap-data">(.*?)</script>', seen["page"]).group(1))
+    assert data["n"] == 1797 and data["images"]
+    assert {"name": "outliers", "count": len(outliers)} in data["lists"]
+    assert seen["thumb"].startswith(b"\x89PNG") and seen["tile"].startswith(b"\x89PNG")
+
+
+def test_explore_names_a_folder_without_a_map(tmp_path):
+    result = CliRunner().invoke(main, ["explore", str(tmp_path)])
+    assert result.exit_code != 0
+    assert f"{tmp_path} holds no map; run `picmap fit` with --out {tmp_path} first" in result.output

@@ -667,7 +667,7 @@ class TSimCNE(BaseEstimator):
         """``network``'s outputs for uint8 images (scaled to [0, 1]) or feature rows."""
         self.model_.eval()
         network.eval()
-        out = []
+        out = None  # one array, filled batch by batch: no list of small tensors to concatenate
         for start in tqdm(
             range(0, len(inputs), batch_size),
             desc="placing images",
@@ -676,8 +676,11 @@ class TSimCNE(BaseEstimator):
         ):
             batch = inputs[start : start + batch_size].to(self.device_)
             batch = batch.float() / 255 if batch.dtype == torch.uint8 else batch
-            out.append(network(batch).float().cpu())
-        return torch.cat(out).numpy()
+            result = network(batch).float().cpu()
+            if out is None:
+                out = torch.empty((len(inputs), *result.shape[1:]))
+            out[start : start + len(result)] = result
+        return out.numpy()
 
     # -- saving --------------------------------------------------------------------------------
 

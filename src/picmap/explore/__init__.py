@@ -179,9 +179,9 @@ def _json_for_script(data: dict[str, Any]) -> str:
 
 
 def _page(template: str, script_name: str, title: str, data: dict[str, Any]) -> str:
-    """Fill the page ``template`` with ``script_name``, the styles and ``data``; inserted parts
-    are never scanned for placeholders again."""
-    script = _asset(script_name)
+    """Fill the page ``template`` with the shared legend script and ``script_name``, the styles
+    and ``data``; inserted parts are never scanned for placeholders again."""
+    script = _asset("legend.js") + "\n" + _asset(script_name)
     digest = base64.b64encode(hashlib.sha256(script.encode("utf-8")).digest()).decode("ascii")
     parts = {
         "title": html.escape(title),

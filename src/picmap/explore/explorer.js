@@ -364,27 +364,10 @@
     if (!classNames) return;
     const counts = new Array(classNames.length).fill(0);
     for (let i = 0; i < n; i++) counts[codes[i]]++;
-    classNames.forEach((name, c) => {
-      const item = document.createElement("button");
-      item.type = "button";
-      item.className = "legend-item";
-      item.title = "Click to hide or show this class";
-      const parts = ["swatch", "name", "count"].map((cls) => {
-        const span = document.createElement("span");
-        span.className = cls;
-        return span;
-      });
-      parts[0].style.background = data.colors[c];
-      parts[1].textContent = name;
-      parts[2].textContent = counts[c];
-      item.append(...parts);
-      item.addEventListener("click", () => {
-        hidden[c] ^= 1;
-        item.classList.toggle("off", hidden[c] === 1);
-        setHover(-1);
-        updateCounts();
-      });
-      $("legend").append(item);
+    buildClassLegend($("legend"), classNames, data.colors, counts, (c, off) => {
+      hidden[c] = off ? 1 : 0;
+      setHover(-1);
+      updateCounts();
     });
   }
 

@@ -161,29 +161,12 @@
 
   function buildLegend() {
     if (!meta.classNames) return;
-    meta.classNames.forEach((name, c) => {
-      const item = document.createElement("button");
-      item.type = "button";
-      item.className = "legend-item";
-      item.title = "Click to hide or show this class";
-      const parts = ["swatch", "name", "count"].map((cls) => {
-        const span = document.createElement("span");
-        span.className = cls;
-        return span;
-      });
-      parts[0].style.background = meta.colors[c];
-      parts[1].textContent = name;
-      parts[2].textContent = meta.counts[c];
-      item.append(...parts);
-      item.addEventListener("click", () => {
-        if (hidden.has(c)) hidden.delete(c);
-        else hidden.add(c);
-        item.classList.toggle("off", hidden.has(c));
-        show(null);
-        window.picmap.ready = false;
-        request();
-      });
-      $("legend").append(item);
+    buildClassLegend($("legend"), meta.classNames, meta.colors, meta.counts, (c, off) => {
+      if (off) hidden.add(c);
+      else hidden.delete(c);
+      show(null);
+      window.picmap.ready = false;
+      request();
     });
   }
 
