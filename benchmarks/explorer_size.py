@@ -15,7 +15,7 @@ import numpy as np
 
 from picmap.explore import write_explorer
 
-SIZES = (10_000, 100_000)
+SIZES = (10_000, 100_000, 200_000)
 
 # Average time per frame over 20 wheel zooms, each waiting for the next animation frame.
 REDRAW_JS = """async () => {

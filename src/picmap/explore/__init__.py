@@ -65,8 +65,9 @@ from ..plot import (
 __all__ = ["SINGLE_FILE_UP_TO", "write_explorer"]
 
 # The most points one explorer file is written for; larger maps are served as tiles
-# (explore/tiles.py). At 100,000 points the file is 74 MB at worst and opens in 1.2-1.8 s; at
-# 200,000 it is about twice that, near what a browser tab opens without strain.
+# (explore/tiles.py). With 28×28 noise thumbnails (the worst case) the file measured 74 MB and
+# opened in 1.1 s at 100,000 points, 148 MB and 3.0 s at 200,000 (benchmarks/explorer_size.py,
+# headless Chromium, 2 cores); past that it nears the 5-s mark a viewer should open within.
 SINGLE_FILE_UP_TO = 200_000
 
 ATLAS_PX = 2048
