@@ -30,6 +30,8 @@
     if (shownList >= 0) parts.push(`list=${shownList}`);
     return parts.length ? `?${parts.join("&")}` : "";
   };
+  const screenX = (u) => Math.round((u - view.cu) * scale() + canvas.width / 2);
+  const screenY = (v) => Math.round((v - view.cv) * scale() + canvas.height / 2);
   const toWorld = (x, y) => [
     view.cu + (x - canvas.width / 2) / scale(),
     view.cv + (y - canvas.height / 2) / scale(),
@@ -67,14 +69,14 @@
   }
 
   // The loaded tile nearest above (level, tx, ty), drawn over the area of that tile.
-  function drawAncestor(level, tx, ty, query, x, y, size) {
+  function drawAncestor(level, tx, ty, query, x, y, w, h) {
     for (let up = 1; up <= Math.min(level, 4); up++) {
       const entry = tiles.get(`${level - up}/${tx >> up}/${ty >> up}${query}`);
       if (entry && entry.loaded) {
         const part = TILE >> up;
         const sx = (tx - ((tx >> up) << up)) * part;
         const sy = (ty - ((ty >> up) << up)) * part;
-        ctx.drawImage(entry.img, sx, sy, part, part, x, y, size, size);
+        ctx.drawImage(entry.img, sx, sy, part, part, x, y, w, h);
         return;
       }
     }
@@ -93,15 +95,17 @@
     ctx.imageSmoothingEnabled = size < TILE;
     for (let ty = Math.max(0, Math.floor(v0 * count)); ty <= Math.min(count - 1, v1 * count); ty++) {
       for (let tx = Math.max(0, Math.floor(u0 * count)); tx <= Math.min(count - 1, u1 * count); tx++) {
-        const x = Math.round((tx / count - view.cu) * scale() + canvas.width / 2);
-        const y = Math.round((ty / count - view.cv) * scale() + canvas.height / 2);
-        const s = Math.round(size) + 1;
+        // Whole-pixel edges shared with the neighbours: no gap, and no overlap drawn twice.
+        const x = screenX(tx / count);
+        const y = screenY(ty / count);
+        const w = screenX((tx + 1) / count) - x;
+        const h = screenY((ty + 1) / count) - y;
         const entry = tile(level, tx, ty, query);
         if (entry.loaded) {
-          ctx.drawImage(entry.img, x, y, s, s);
+          ctx.drawImage(entry.img, x, y, w, h);
         } else {
           wanted++;
-          drawAncestor(level, tx, ty, query, x, y, s);
+          drawAncestor(level, tx, ty, query, x, y, w, h);
         }
       }
     }
