@@ -18,6 +18,7 @@ from picmap.discover import (
     find_outliers,
     outlier_scores,
 )
+from picmap.neighbours import knn_graph
 from picmap.outputs import write_discoveries
 
 
@@ -166,3 +167,28 @@ def test_discovery_csvs_are_ranked_and_quoted(tmp_path):
         ("1", "4", "0.9900"),
         ("2", "0", "0.5000"),
     ]
+
+
+def test_discover_finds_the_feature_graph_once_and_lists_what_the_parts_do(monkeypatch):
+    from picmap import discover as module
+
+    rng = np.random.default_rng(3)
+    features = rng.normal(size=(300, 8)).astype(np.float32)
+    Y = features[:, :2] + rng.normal(0, 0.1, (300, 2))
+    labels = rng.integers(3, size=300)
+    searched = []
+
+    def counting(points, k, **options):
+        searched.append(points.shape[1])
+        return knn_graph(points, k, **options)
+
+    monkeypatch.setattr(module, "knn_graph", counting)
+    found = discover(Y, features, labels, k=5)
+    assert searched.count(8) == 2  # the features once for outliers and label errors, once centred
+    outliers, scores = find_outliers(Y, features, k=5)
+    errors, error_scores, neighbour_labels = find_label_errors(features, labels, k=5)
+    assert np.array_equal(found.outliers, outliers)
+    np.testing.assert_allclose(found.outlier_scores, scores)
+    assert np.array_equal(found.label_errors, errors)
+    np.testing.assert_allclose(found.label_error_scores, error_scores)
+    assert np.array_equal(found.neighbour_labels, neighbour_labels)

@@ -66,37 +66,55 @@ def discover(
     ``outlier_fraction`` of the images (at least one) are listed as outliers; an image is a
     likely label error when more than half its neighbours carry another label.
     """
-    outliers, isolation = find_outliers(Y, features, k=k, fraction=outlier_fraction)
+    features = _check_points(features, "features")
+    graph = knn_graph(features, neighbour_count(k, len(features)))  # found once, used twice
+    outliers, isolation = find_outliers(
+        Y, features, k=k, fraction=outlier_fraction, feature_graph=graph
+    )
     if labels is None:
         empty = np.zeros(0, np.int64)
         errors, error_scores, neighbour_labels = empty, np.zeros(0), empty
     else:
-        errors, error_scores, neighbour_labels = find_label_errors(features, labels, k=k)
+        errors, error_scores, neighbour_labels = find_label_errors(
+            features, labels, k=k, feature_graph=graph
+        )
     pairs, similarities = find_duplicates(features, threshold=duplicate_threshold)
     return Discoveries(
         outliers, isolation, errors, error_scores, neighbour_labels, pairs, similarities
     )
 
 
-def outlier_scores(Y: np.ndarray, features: np.ndarray, k: int = K) -> np.ndarray:
-    """Per image, in [0, 1]: how isolated it is in the map and in feature space together."""
+Graph = tuple[np.ndarray, np.ndarray]  # each point's k nearest: distances and indices, N×k
+
+
+def outlier_scores(
+    Y: np.ndarray, features: np.ndarray, k: int = K, *, feature_graph: Graph | None = None
+) -> np.ndarray:
+    """Per image, in [0, 1]: how isolated it is in the map and in feature space together.
+    ``feature_graph``: the features' ``k``-neighbour graph, when already found."""
     Y, features = _check_points(Y, "Y"), _check_points(features, "features")
     if len(Y) != len(features):
         raise ValueError(
             f"Y has {len(Y)} points but features has {len(features)}; pass both for the same images"
         )
     k = neighbour_count(k, len(Y))
-    ranks = [rankdata(_mean_neighbour_distance(X, k)) for X in (Y, features)]
+    graphs = knn_graph(Y, k), feature_graph or knn_graph(features, k)
+    ranks = [rankdata(distances.mean(axis=1)) for distances, _ in graphs]
     return (np.mean(ranks, axis=0) - 1) / max(len(Y) - 1, 1)
 
 
 def find_outliers(
-    Y: np.ndarray, features: np.ndarray, *, k: int = K, fraction: float = OUTLIER_FRACTION
+    Y: np.ndarray,
+    features: np.ndarray,
+    *,
+    k: int = K,
+    fraction: float = OUTLIER_FRACTION,
+    feature_graph: Graph | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The ``fraction`` most isolated images (at least one): indices and scores, highest first."""
     if not 0 < fraction <= 1:
         raise ValueError(f"fraction={fraction!r} must be in (0, 1], e.g. 0.01 for 1 % of images")
-    scores = outlier_scores(Y, features, k)
+    scores = outlier_scores(Y, features, k, feature_graph=feature_graph)
     top = _ranked(scores)[: math.ceil(fraction * len(scores))]
     return top, scores[top]
 
@@ -107,11 +125,13 @@ def find_label_errors(
     *,
     k: int = K,
     min_score: float = LABEL_ERROR_MIN_SCORE,
+    feature_graph: Graph | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Images whose feature-space neighbours mostly carry another label.
 
     Returns their indices, scores (the fraction of the ``k`` neighbours with another label;
     only those above ``min_score``), highest first, and the most common neighbour label of each.
+    ``feature_graph``: the features' ``k``-neighbour graph, when already found.
     """
     features = _check_points(features, "features")
     labels = np.asarray(labels)
@@ -121,7 +141,7 @@ def find_label_errors(
             f"shape {labels.shape}"
         )
     k = neighbour_count(k, len(features))
-    near = labels[knn_graph(features, k)[1]]
+    near = labels[(feature_graph or knn_graph(features, k))[1]]
     scores = np.mean(near != labels[:, None], axis=1)
     values = np.unique(labels)
     votes = np.stack([np.count_nonzero(near == v, axis=1) for v in values], axis=1)
@@ -163,10 +183,6 @@ def find_duplicates(
 def _ranked(scores: np.ndarray) -> np.ndarray:
     """Indices from the highest score to the lowest; ties keep index order."""
     return np.argsort(-scores, kind="stable")
-
-
-def _mean_neighbour_distance(X: np.ndarray, k: int) -> np.ndarray:
-    return knn_graph(X, k)[0].mean(axis=1)
 
 
 def _check_points(X: np.ndarray, name: str) -> np.ndarray:
