@@ -1,0 +1,69 @@
+//! Everything that crosses ranks goes through [`Collectives`]: MPI on host memory
+//! ([`mpi::MpiCollectives`], CPU ranks) or NCCL on device memory (`nccl::NcclCollectives`, the
+//! `cuda` feature). The trainer does not know which one it has.
+
+pub mod mpi;
+#[cfg(feature = "cuda")]
+pub mod nccl;
+
+use tch::Tensor;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DistError {
+    #[error("MPI could not start; launch with mpirun or srun (is OpenMPI installed?)")]
+    NoMpi,
+    #[error("a collective failed: {0}")]
+    Collective(String),
+    #[error("tensor {0}")]
+    Tensor(#[from] tch::TchError),
+}
+
+/// The collectives the trainer uses. Tensor collectives work on any device the implementation
+/// supports; the `_host` ones move a few numbers (flags, timings, losses) and always use MPI.
+pub trait Collectives {
+    fn rank(&self) -> usize;
+    fn world(&self) -> usize;
+    /// This node's ranks and this rank's place among them (its device index).
+    fn local(&self) -> (usize, usize);
+    /// Every rank's `t` (same shape everywhere) stacked along dimension 0 in rank order.
+    fn all_gather(&self, t: &Tensor) -> Result<Tensor, DistError>;
+    /// The element-wise sum of every rank's `t`.
+    fn all_reduce_sum(&self, t: &Tensor) -> Result<Tensor, DistError>;
+    fn sum_host(&self, values: &[f64]) -> Vec<f64>;
+    fn max_host(&self, values: &[f64]) -> Vec<f64>;
+    /// Rank 0's `bytes` on every rank.
+    fn broadcast_host(&self, bytes: &mut [u8]);
+    fn barrier(&self);
+    /// Ends every rank of the job now (MPI_Abort): for an error some ranks may not have seen,
+    /// where waiting for them would hang the job.
+    fn abort(&self, code: i32) -> !;
+
+    /// The lowest rank for which `failed` is true, agreed by all ranks; `None` if no rank failed.
+    fn first_failing(&self, failed: bool) -> Option<usize> {
+        let mine = if failed {
+            -(self.rank() as f64)
+        } else {
+            f64::NEG_INFINITY
+        };
+        let worst = self.max_host(&[mine])[0];
+        (worst > f64::NEG_INFINITY).then(|| (-worst) as usize)
+    }
+
+    fn is_root(&self) -> bool {
+        self.rank() == 0
+    }
+}
+
+/// The collectives for ranks computing on `device`: NCCL between CUDA devices (with the `cuda`
+/// feature), MPI otherwise.
+pub fn connect(
+    mpi: mpi::MpiCollectives,
+    device: tch::Device,
+) -> Result<Box<dyn Collectives>, DistError> {
+    #[cfg(feature = "cuda")]
+    if let tch::Device::Cuda(ordinal) = device {
+        return Ok(Box::new(nccl::NcclCollectives::init(mpi, ordinal)?));
+    }
+    let _ = device;
+    Ok(Box::new(mpi))
+}

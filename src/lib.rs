@@ -1,0 +1,15 @@
+//! tsimcne-dist: t-SimCNE (Böhm, Berens & Kobak, ICLR 2023) trained on many devices at once,
+//! one MPI rank per device, with the contrastive loss over the global batch.
+pub mod augment;
+pub mod checkpoint;
+pub mod config;
+pub mod data;
+pub mod dist;
+pub mod loss;
+pub mod metrics;
+pub mod model;
+pub mod optim;
+pub mod outputs;
+pub mod plot;
+pub mod schedule;
+pub mod train;

@@ -1,0 +1,199 @@
+//! `tsimcne-dist`: the command line. Every error ends as one line naming the input and the
+//! fix, and a non-zero exit on every rank (2: bad input, 1: failure while running, 75: stopped
+//! by a signal after a checkpoint, so that a job script can requeue).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+use tsimcne_dist::config::Config;
+use tsimcne_dist::dist::mpi::MpiCollectives;
+use tsimcne_dist::dist::{self, Collectives};
+use tsimcne_dist::train::{self, Outcome, TrainError};
+
+/// Exit code of a run stopped by SIGUSR1/SIGTERM after writing its checkpoint (EX_TEMPFAIL).
+const EXIT_STOPPED: u8 = 75;
+const EXIT_INPUT: u8 = 2;
+const EXIT_FAILED: u8 = 1;
+
+#[derive(Parser)]
+#[command(
+    name = "tsimcne-dist",
+    version,
+    about = "t-SimCNE on many devices: launch one rank per device with mpirun or srun"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Train the three stages; running the same command again resumes from the newest checkpoint.
+    Train {
+        /// TOML config (defaults: the paper's recipe).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Folder of CIFAR-10/100 binary batches or IDX files.
+        #[arg(long)]
+        data: PathBuf,
+        /// Run folder: config, log, checkpoints, embedding, metrics, map.
+        #[arg(long)]
+        out: PathBuf,
+        /// Override a config key, e.g. --set batch_size=512 --set model.backbone=small.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        overrides: Vec<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(EXIT_INPUT)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    #[cfg(feature = "cuda")]
+    if let Err(e) = dist::nccl::ensure_libnccl() {
+        eprintln!("tsimcne-dist: {e}");
+        return ExitCode::from(EXIT_FAILED);
+    }
+    let mpi = match MpiCollectives::init() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("tsimcne-dist: {e}");
+            return ExitCode::from(EXIT_FAILED);
+        }
+    };
+    init_logging(mpi.rank(), mpi.world());
+    let Command::Train {
+        config,
+        data,
+        out,
+        overrides,
+    } = cli.command;
+
+    // Everything that can be wrong with the inputs is found before any step, on every rank;
+    // the lowest failing rank says what, and all ranks exit together.
+    let chosen = Config::load(config.as_deref(), &overrides, mpi.world())
+        .map_err(TrainError::from)
+        .and_then(|cfg| Ok((train::choose_device(cfg.device, mpi.local().1)?, cfg)));
+    let (device, cfg) = match agree(&mpi, chosen) {
+        Ok(v) => v,
+        Err(code) => return code,
+    };
+    let comm = match dist::connect(mpi, device) {
+        Ok(c) => c,
+        Err(e) => {
+            // A rank that exits non-zero makes mpirun end the others.
+            eprintln!("tsimcne-dist: {e}");
+            return ExitCode::from(EXIT_FAILED);
+        }
+    };
+    let comm = comm.as_ref();
+    let trainer = match agree(comm, train::prepare(cfg, device, comm, &data, &out)) {
+        Ok(t) => t,
+        Err(code) => return code,
+    };
+
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGUSR1, signal_hook::consts::SIGTERM] {
+        if let Err(e) = signal_hook::flag::register(signal, Arc::clone(&stop)) {
+            tracing::warn!("cannot watch signal {signal}: {e}");
+        }
+    }
+    match trainer.run(&stop) {
+        Ok(Outcome::Finished) | Ok(Outcome::StepLimit) => ExitCode::SUCCESS,
+        Ok(Outcome::Stopped) => ExitCode::from(EXIT_STOPPED),
+        // Every rank sees the same loss, so every rank stops here together.
+        Err(e @ TrainError::NotFinite { .. }) => {
+            if comm.is_root() {
+                report(comm, &e);
+            }
+            ExitCode::from(EXIT_FAILED)
+        }
+        // Any other error may be this rank's alone: the others would wait for it forever in
+        // the next collective, so end the whole job.
+        Err(e) => {
+            report(comm, &e);
+            if comm.world() > 1 {
+                comm.abort(i32::from(EXIT_FAILED));
+            }
+            ExitCode::from(EXIT_FAILED)
+        }
+    }
+}
+
+/// Every rank's `result` agreed: the value when all succeeded, else the exit code, with the
+/// lowest failing rank's error printed once.
+fn agree<T>(comm: &dyn Collectives, result: Result<T, TrainError>) -> Result<T, ExitCode> {
+    let failing = comm.first_failing(result.is_err());
+    match (result, failing) {
+        (Ok(v), None) => Ok(v),
+        (Err(e), first) => {
+            if first == Some(comm.rank()) {
+                report(comm, &e);
+            }
+            Err(ExitCode::from(if e.is_input_error() {
+                EXIT_INPUT
+            } else {
+                EXIT_FAILED
+            }))
+        }
+        // This rank is fine but another is not: its error was printed there.
+        (Ok(_), Some(_)) => Err(ExitCode::from(EXIT_INPUT)),
+    }
+}
+
+fn report(comm: &dyn Collectives, e: &TrainError) {
+    if comm.world() > 1 {
+        eprintln!("tsimcne-dist: rank {}: {e}", comm.rank());
+    } else {
+        eprintln!("tsimcne-dist: {e}");
+    }
+}
+
+/// Logs to stderr, every line tagged with the rank; `RUST_LOG` filters (default: info on rank
+/// 0, warnings on the others).
+fn init_logging(rank: usize, world: usize) {
+    use tracing_subscriber::EnvFilter;
+    let default = if rank == 0 { "info" } else { "warn" };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let width = world.to_string().len();
+    let tag = format!("rank {rank:>width$}/{world}");
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .event_format(RankFormat(tag))
+        .init();
+}
+
+/// `2026-12-03T04:00:00Z  INFO rank 0/2 message key=value`.
+struct RankFormat(String);
+
+impl<S, N> tracing_subscriber::fmt::FormatEvent<S, N> for RankFormat
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        use tracing_subscriber::fmt::time::FormatTime;
+        tracing_subscriber::fmt::time::SystemTime.format_time(&mut writer)?;
+        write!(writer, " {:>5} {} ", event.metadata().level(), self.0)?;
+        ctx.field_format().format_fields(writer.by_ref(), event)?;
+        writeln!(writer)
+    }
+}

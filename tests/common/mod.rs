@@ -1,0 +1,204 @@
+//! Shared by the integration tests: small data sets in the real file formats, and runs of the
+//! real binary under mpirun.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// Named tensors as flat f32 vectors.
+pub type Named = Vec<(String, Vec<f32>)>;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_tsimcne-dist");
+
+/// A folder of CIFAR-10 binary batches: `per_file` images in each of the five training files
+/// and in the test file. Class `c` is a colour blob at a class-specific place on noise, so a
+/// network can learn the classes in a few steps.
+pub fn write_cifar10(dir: &Path, per_file: usize) {
+    std::fs::create_dir_all(dir).unwrap();
+    let mut state = 12345u64;
+    let mut rand = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state % 256) as u8
+    };
+    let names: Vec<String> = (1..=5)
+        .map(|i| format!("data_batch_{i}.bin"))
+        .chain(["test_batch.bin".to_owned()])
+        .collect();
+    for (f, name) in names.iter().enumerate() {
+        let mut bytes = Vec::new();
+        for i in 0..per_file {
+            let label = ((f * per_file + i) % 10) as u8;
+            bytes.push(label);
+            let (cy, cx) = (4 + 3 * (label as usize % 4), 4 + 6 * (label as usize / 4));
+            for ch in 0..3 {
+                for y in 0..32usize {
+                    for x in 0..32usize {
+                        let inside = y.abs_diff(cy) < 8 && x.abs_diff(cx) < 8;
+                        let tone = if inside {
+                            60 + 60 * ((label as usize + ch) % 3) as u8
+                        } else {
+                            0
+                        };
+                        bytes.push(tone.saturating_add(rand() / 4));
+                    }
+                }
+            }
+        }
+        std::fs::write(dir.join(name), bytes).unwrap();
+    }
+}
+
+/// The result of one run.
+pub struct Run {
+    pub code: i32,
+    pub stderr: String,
+    pub stdout: String,
+}
+
+fn finish(out: Output) -> Run {
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+    }
+}
+
+/// `mpirun -n ranks tsimcne-dist args…` (as root where the tests run as root).
+pub fn mpirun_command(ranks: usize, args: &[&str]) -> Command {
+    let mut cmd = Command::new("mpirun");
+    cmd.args([
+        "-n",
+        &ranks.to_string(),
+        "--bind-to",
+        "none",
+        "--oversubscribe",
+    ])
+    .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+    .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+    .env("OMPI_MCA_btl_vader_single_copy_mechanism", "none")
+    .env_remove("RUST_LOG")
+    .arg(BIN)
+    .args(args);
+    cmd
+}
+
+pub fn mpirun(ranks: usize, args: &[&str]) -> Run {
+    finish(mpirun_command(ranks, args).output().unwrap())
+}
+
+/// The binary on its own (MPI starts as a singleton).
+pub fn run_alone(args: &[&str]) -> Run {
+    finish(
+        Command::new(BIN)
+            .env_remove("RUST_LOG")
+            .args(args)
+            .output()
+            .unwrap(),
+    )
+}
+
+/// `train` of `config` on `data` into `out` with `sets` overrides.
+pub fn train(ranks: usize, config: &str, data: &Path, out: &Path, sets: &[&str]) -> Run {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let config = format!("{root}/configs/{config}");
+    let mut args = vec![
+        "train",
+        "--config",
+        &config,
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    for s in sets {
+        args.extend(["--set", s]);
+    }
+    mpirun(ranks, &args)
+}
+
+pub fn assert_ok(run: &Run) {
+    assert_eq!(run.code, 0, "run failed:\n{}", run.stderr);
+}
+
+/// The newest checkpoint folder under `out`.
+pub fn newest_checkpoint(out: &Path) -> PathBuf {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(out.join("checkpoints"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("step-")
+        })
+        .collect();
+    dirs.sort();
+    dirs.pop().expect("a checkpoint")
+}
+
+/// The model's variables in a checkpoint (no optimizer buffers), by name.
+pub fn parameters(checkpoint: &Path) -> Named {
+    let mut t: Named = tch::Tensor::read_safetensors(checkpoint.join("state.safetensors"))
+        .unwrap()
+        .into_iter()
+        .map(|(n, t)| {
+            (
+                n,
+                Vec::<f32>::try_from(t.to_kind(tch::Kind::Float).flatten(0, -1)).unwrap(),
+            )
+        })
+        .collect();
+    t.sort_by(|a, b| a.0.cmp(&b.0));
+    t
+}
+
+/// A checkpoint's model variables and its optimizer's momentum buffers, apart.
+pub fn model_and_optimizer(checkpoint: &Path) -> (Named, Named) {
+    parameters(checkpoint)
+        .into_iter()
+        .partition(|(n, _)| !n.starts_with("optim."))
+}
+
+/// Largest ‖a − b‖ / ‖a‖ over the named tensors, which must match by name (tensors of norm
+/// below `floor` are compared against `floor`).
+pub fn max_relative_difference(
+    a: &[(String, Vec<f32>)],
+    b: &[(String, Vec<f32>)],
+    floor: f64,
+) -> (f64, String) {
+    assert_eq!(
+        a.iter().map(|x| &x.0).collect::<Vec<_>>(),
+        b.iter().map(|x| &x.0).collect::<Vec<_>>()
+    );
+    let mut worst = (0f64, String::new());
+    for ((name, x), (_, y)) in a.iter().zip(b) {
+        assert_eq!(x.len(), y.len());
+        let diff: f64 = x
+            .iter()
+            .zip(y)
+            .map(|(p, q)| (f64::from(*p) - f64::from(*q)).powi(2))
+            .sum::<f64>()
+            .sqrt();
+        let norm: f64 = x.iter().map(|p| f64::from(*p).powi(2)).sum::<f64>().sqrt();
+        if diff / norm.max(floor) >= worst.0 {
+            worst = (diff / norm.max(floor), name.clone());
+        }
+    }
+    worst
+}
+
+/// Per-step losses from `train-log.jsonl`.
+pub fn losses(out: &Path) -> Vec<f64> {
+    std::fs::read_to_string(out.join("train-log.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"]
+                .as_f64()
+                .unwrap()
+        })
+        .collect()
+}
