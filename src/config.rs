@@ -183,8 +183,11 @@ pub struct Config {
     pub epochs: [usize; 3],
     /// Stop after this many optimizer steps over the whole schedule (0: no limit).
     pub max_steps: u64,
-    /// Use only the first this-many images of the training split (0: all of them).
+    /// Use only the first this-many training images (0: all of them).
     pub train_limit: usize,
+    /// Train on the test split's images too (never their labels), as the paper did; the kNN
+    /// accuracy is still fitted on the training split and scored on the test split.
+    pub train_on_test: bool,
     /// Checkpoint every this-many epochs (stage ends always checkpoint).
     pub checkpoint_every: usize,
     /// Torch threads per rank (0: this node's cores divided by its ranks).
@@ -206,6 +209,7 @@ impl Default for Config {
             epochs: [1000, 50, 450],
             max_steps: 0,
             train_limit: 0,
+            train_on_test: false,
             checkpoint_every: 10,
             threads: 0,
             device: DeviceChoice::Auto,

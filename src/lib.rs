@@ -11,5 +11,6 @@ pub mod model;
 pub mod optim;
 pub mod outputs;
 pub mod plot;
+pub mod precision;
 pub mod schedule;
 pub mod train;

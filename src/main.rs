@@ -51,13 +51,23 @@ enum Command {
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
+        Err(e) if !e.use_stderr() => {
+            let _ = e.print(); // --help, --version
+            return ExitCode::SUCCESS;
+        }
         Err(e) => {
-            let _ = e.print();
-            return if e.use_stderr() {
-                ExitCode::from(EXIT_INPUT)
-            } else {
-                ExitCode::SUCCESS
-            };
+            // Before MPI starts, every rank parsed the same flags: the first one speaks.
+            if launcher_rank() == 0 {
+                // clap's first paragraph, on one line: "the following required arguments
+                // were not provided: --data <DATA>".
+                let text = e.to_string();
+                let head = text.split("\n\n").next().unwrap_or_default();
+                let head: Vec<&str> = head.split_whitespace().collect();
+                let head = head.join(" ");
+                let head = head.strip_prefix("error: ").unwrap_or(&head);
+                eprintln!("tsimcne-dist: {head}; see tsimcne-dist train --help");
+            }
+            return ExitCode::from(EXIT_INPUT);
         }
     };
     #[cfg(feature = "cuda")]
@@ -131,6 +141,19 @@ fn main() -> ExitCode {
     }
 }
 
+/// This process's rank as the launcher set it (OpenMPI, PMIx, SLURM), before MPI starts.
+fn launcher_rank() -> usize {
+    [
+        "OMPI_COMM_WORLD_RANK",
+        "PMIX_RANK",
+        "PMI_RANK",
+        "SLURM_PROCID",
+    ]
+    .iter()
+    .find_map(|v| std::env::var(v).ok()?.parse().ok())
+    .unwrap_or(0)
+}
+
 /// Every rank's `result` agreed: the value when all succeeded, else the exit code, with the
 /// lowest failing rank's error printed once.
 fn agree<T>(comm: &dyn Collectives, result: Result<T, TrainError>) -> Result<T, ExitCode> {
@@ -172,6 +195,7 @@ fn init_logging(rank: usize, world: usize) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .event_format(RankFormat(tag))
         .init();
 }

@@ -145,7 +145,9 @@ mod tests {
     fn draws_each_class_in_its_colour() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("map.png");
-        let points: Vec<(f32, f32)> = (0..200).map(|i| ((i % 2) as f32 * 10.0 - 5.0, i as f32 / 20.0)).collect();
+        let points: Vec<(f32, f32)> = (0..200)
+            .map(|i| ((i % 2) as f32 * 10.0 - 5.0, i as f32 / 20.0))
+            .collect();
         let labels: Vec<i64> = (0..200).map(|i| i % 2).collect();
         draw_map(&path, &points, &labels, &["a".into(), "b".into()], "test").unwrap();
         let img = image::open(&path).unwrap().to_rgb8();

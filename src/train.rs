@@ -18,7 +18,7 @@ use tracing::{info, warn};
 
 use crate::augment::{self, Normalize};
 use crate::checkpoint::{self, Checkpoint, CheckpointError, Meta};
-use crate::config::{Config, DeviceChoice};
+use crate::config::{Config, DeviceChoice, Precision};
 use crate::data::{shard, DataError, Dataset};
 use crate::dist::{Collectives, DistError};
 use crate::loss::{cauchy_infonce_part, Rows};
@@ -26,6 +26,7 @@ use crate::metrics::knn_accuracy;
 use crate::model::{Network, Readout};
 use crate::optim::Sgd;
 use crate::outputs::{self, OutputError, StepRecord, TrainLog};
+use crate::precision;
 use crate::schedule::{self, Position, STAGE_NAMES};
 
 /// Images per forward pass when embedding the whole data set.
@@ -96,6 +97,9 @@ pub struct Trainer<'a> {
     norm: Normalize,
     n_train: usize,
     steps_per_epoch: usize,
+    /// Where the run continues: the newest checkpoint's position, or the start.
+    start: Position,
+    last_checkpoint: String,
 }
 
 /// The per-rank settings every rank must agree on before any step: errors here are reported
@@ -116,9 +120,14 @@ pub fn prepare<'a>(
     tch::set_num_threads(threads as i32);
     tch::set_num_interop_threads(1);
     let data = Dataset::open(data_dir)?;
+    let pool = if cfg.train_on_test {
+        data.len()
+    } else {
+        data.n_train
+    };
     let n_train = match cfg.train_limit {
-        0 => data.n_train,
-        l => l.min(data.n_train),
+        0 => pool,
+        l => l.min(pool),
     };
     if n_train < cfg.batch_size {
         return Err(TrainError::Setup(format!(
@@ -147,6 +156,7 @@ pub fn prepare<'a>(
     );
     let norm = channel_stats(&data, n_train.min(NORM_SAMPLE));
     let steps_per_epoch = shard::steps_per_epoch(n_train, cfg.batch_size);
+    let resume_from = checkpoint::latest(&out.join("checkpoints"), &cfg)?;
     info!(
         dataset = %data.name,
         images = data.len(),
@@ -156,7 +166,7 @@ pub fn prepare<'a>(
         steps_per_epoch,
         "prepared"
     );
-    Ok(Trainer {
+    let mut trainer = Trainer {
         cfg,
         comm,
         data,
@@ -168,7 +178,21 @@ pub fn prepare<'a>(
         norm,
         n_train,
         steps_per_epoch,
-    })
+        start: Position::START,
+        last_checkpoint: "none".into(),
+    };
+    if let Some(ck) = resume_from {
+        trainer.load(&ck)?;
+        info!(
+            checkpoint = %ck.dir.display(),
+            step = ck.meta.position.step,
+            written_by_ranks = ck.meta.world_size,
+            "resumed"
+        );
+        trainer.start = ck.meta.position;
+        trainer.last_checkpoint = ck.dir.display().to_string();
+    }
+    Ok(trainer)
 }
 
 /// The device of the rank that is `local_rank` on its node.
@@ -233,21 +257,6 @@ impl<'a> Trainer<'a> {
         v
     }
 
-    /// Loads the newest checkpoint, if any; returns where to continue.
-    fn resume(&mut self) -> Result<(Position, String), TrainError> {
-        let Some(ck) = checkpoint::latest(&self.root_checkpoints(), &self.cfg)? else {
-            return Ok((Position::START, "none".into()));
-        };
-        self.load(&ck)?;
-        info!(
-            checkpoint = %ck.dir.display(),
-            step = ck.meta.position.step,
-            written_by_ranks = ck.meta.world_size,
-            "resumed"
-        );
-        Ok((ck.meta.position, ck.dir.display().to_string()))
-    }
-
     fn load(&mut self, ck: &Checkpoint) -> Result<(), TrainError> {
         let mut vars = self.vs.variables();
         let _guard = tch::no_grad_guard();
@@ -294,6 +303,17 @@ impl<'a> Trainer<'a> {
         Ok(())
     }
 
+    /// The network up to the readout, under bf16 autocast if the config asks for it; the
+    /// readout after it always runs in f32 (bf16's steps at the map's scale are as large as
+    /// the distances between neighbours).
+    fn trunk(&self, images: &Tensor, train: bool) -> Tensor {
+        let hidden = match self.cfg.precision {
+            Precision::Fp32 => self.net.trunk(images, train),
+            Precision::Bf16 => precision::bf16(self.device, || self.net.trunk(images, train)),
+        };
+        hidden.to_kind(Kind::Float)
+    }
+
     fn save(&self, position: Position, stage_end: bool, loss: f64) -> Result<String, TrainError> {
         self.sync_buffers()?;
         if !self.comm.is_root() {
@@ -323,7 +343,7 @@ impl<'a> Trainer<'a> {
     /// Runs the schedule from the newest checkpoint until it ends, `max_steps` is reached or
     /// `stop` is raised.
     pub fn run(mut self, stop: &AtomicBool) -> Result<Outcome, TrainError> {
-        let (mut pos, mut last_ck) = self.resume()?;
+        let (mut pos, mut last_ck) = (self.start, self.last_checkpoint.clone());
         let total = schedule::total_steps(&self.cfg, self.steps_per_epoch);
         let mut log = match self.comm.is_root() {
             true => Some(TrainLog::open(&self.out.join("train-log.jsonl"), pos.step)?),
@@ -458,13 +478,12 @@ impl<'a> Trainer<'a> {
         // Forward to this rank's projections.
         let plan = schedule::plan(pos.stage);
         let views = augment::apply(&images, &params, &self.norm);
-        let z = if plan.trains_trunk {
-            self.net.forward(&views, plan.readout, true)
+        let hidden = if plan.trains_trunk {
+            self.trunk(&views, true)
         } else {
-            let hidden = tch::no_grad(|| self.net.trunk(&views, true));
-            self.net.readout(&hidden, plan.readout)
-        }
-        .to_kind(Kind::Float);
+            tch::no_grad(|| self.trunk(&views, true))
+        };
+        let z = self.net.readout(&hidden, plan.readout);
         timing.compute += lap(self.device);
 
         let gathered = self.comm.all_gather(&z.detach())?;
@@ -662,11 +681,8 @@ impl<'a> Trainer<'a> {
                 .to(self.device)
                 .to_kind(Kind::Float)
                 / 255.0;
-            chunks.push(
-                self.net
-                    .forward(&((x - &mean) / &std), Readout::Map, false)
-                    .to_kind(Kind::Float),
-            );
+            let hidden = self.trunk(&((x - &mean) / &std), false);
+            chunks.push(self.net.readout(&hidden, Readout::Map));
             i = j;
         }
         let dim = self.cfg.model.map_dim;

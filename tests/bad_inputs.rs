@@ -1,0 +1,277 @@
+//! Bad inputs: each gives one line naming the input and a non-zero exit, on every rank, before
+//! any step — no panic, no backtrace, no hang, and nothing the user had is touched.
+
+mod common;
+use common::*;
+use std::path::Path;
+
+/// Runs `args` on two ranks and checks the one-line, non-zero outcome; returns the line.
+fn refuses(args: &[&str], expect: &str) -> String {
+    let run = mpirun(2, args);
+    assert_ne!(run.code, 0, "{args:?} succeeded:\n{}", run.stderr);
+    let ours: Vec<&str> = run
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("tsimcne-dist"))
+        .collect();
+    assert_eq!(
+        ours.len(),
+        1,
+        "{args:?}: expected one line, got:\n{}",
+        run.stderr
+    );
+    assert!(
+        ours[0].contains(expect),
+        "{args:?}: {:?} lacks {expect:?}",
+        ours[0]
+    );
+    assert!(
+        !run.stderr.contains("panicked") && !run.stderr.contains("backtrace"),
+        "{}",
+        run.stderr
+    );
+    ours[0].to_owned()
+}
+
+fn train_args<'a>(data: &'a str, out: &'a str, sets: &[&'a str]) -> Vec<&'a str> {
+    let mut a = vec![
+        "train",
+        "--data",
+        data,
+        "--out",
+        out,
+        "--set",
+        "model.backbone=tiny",
+        "--set",
+        "batch_size=16",
+        "--set",
+        "epochs=[1,1,1]",
+        "--set",
+        "optim.warmup_epochs=[0,0,0]",
+    ];
+    for s in sets {
+        a.extend(["--set", s]);
+    }
+    a
+}
+
+fn write(path: &Path, bytes: &[u8]) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, bytes).unwrap();
+}
+
+/// An IDX folder: `n` 4×4 images and labels, with optional damage.
+fn write_idx(dir: &Path, n: u32, magic: u8, images_short_by: usize, labels: u32) {
+    let mut images = vec![0, 0, 8, magic];
+    for d in [n, 4, 4] {
+        images.extend(d.to_be_bytes());
+    }
+    images.extend(vec![7u8; 16 * n as usize - images_short_by]);
+    write(&dir.join("train-images-idx3-ubyte"), &images);
+    let mut l = vec![0, 0, 8, 1];
+    l.extend(labels.to_be_bytes());
+    l.extend((0..labels).map(|i| (i % 10) as u8));
+    write(&dir.join("train-labels-idx1-ubyte"), &l);
+}
+
+#[test]
+fn bad_inputs_each_give_one_line_and_a_non_zero_exit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = |name: &str| tmp.path().join(name).to_str().unwrap().to_owned();
+    let good = t("cifar");
+    write_cifar10(Path::new(&good), 20);
+    let out = t("out");
+    let cfg = |name: &str, text: &str| {
+        let p = t(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    };
+
+    // Configs.
+    refuses(
+        &[
+            "train",
+            "--config",
+            &t("nope.toml"),
+            "--data",
+            &good,
+            "--out",
+            &out,
+        ],
+        "cannot read config",
+    );
+    refuses(
+        &[
+            "train",
+            "--config",
+            &cfg("syntax.toml", "batch_size = = 3"),
+            "--data",
+            &good,
+            "--out",
+            &out,
+        ],
+        "syntax.toml",
+    );
+    refuses(
+        &[
+            "train",
+            "--config",
+            &cfg("unknown.toml", "batchsize = 64"),
+            "--data",
+            &good,
+            "--out",
+            &out,
+        ],
+        "batchsize",
+    );
+    refuses(
+        &[
+            "train",
+            "--config",
+            &cfg("type.toml", "batch_size = \"big\""),
+            "--data",
+            &good,
+            "--out",
+            &out,
+        ],
+        "type.toml",
+    );
+    refuses(
+        &train_args(&good, &out, &["batch_size=33"]),
+        "not divisible by the 2 ranks",
+    );
+    refuses(
+        &train_args(&good, &out, &["epochs=[0,1,1]"]),
+        "epochs[0] = 0",
+    );
+    refuses(
+        &train_args(&good, &out, &["batch_size"]),
+        "expected key=value",
+    );
+    refuses(&train_args(&good, &out, &["model.depth=3"]), "depth");
+    refuses(&train_args(&good, &out, &["optim.lr=-1"]), "optim.lr");
+    refuses(&train_args(&good, &out, &["model.backbone=vgg"]), "vgg");
+    refuses(
+        &train_args(&good, &out, &["augment.flip_p=2"]),
+        "augment.flip_p",
+    );
+    refuses(
+        &train_args(&good, &out, &["optim.warmup_epochs=[5,0,0]"]),
+        "warmup_epochs[0]",
+    );
+    refuses(&train_args(&good, &out, &["device=cuda"]), "no GPU");
+    refuses(
+        &train_args(&good, &out, &["batch_size=1000"]),
+        "larger than the 100 training images",
+    );
+
+    // Data.
+    refuses(&train_args(&t("missing"), &out, &[]), "does not exist");
+    std::fs::create_dir_all(t("empty")).unwrap();
+    refuses(&train_args(&t("empty"), &out, &[]), "found neither");
+    let truncated = t("truncated");
+    write_cifar10(Path::new(&truncated), 20);
+    let b3 = Path::new(&truncated).join("data_batch_3.bin");
+    let bytes = std::fs::read(&b3).unwrap();
+    std::fs::write(&b3, &bytes[..bytes.len() - 100]).unwrap();
+    refuses(&train_args(&truncated, &out, &[]), "data_batch_3.bin");
+    let partial = t("partial");
+    write_cifar10(Path::new(&partial), 20);
+    std::fs::remove_file(Path::new(&partial).join("data_batch_5.bin")).unwrap();
+    refuses(
+        &train_args(&partial, &out, &[]),
+        "data_batch_5.bin: missing",
+    );
+    let labels = t("labels");
+    write_cifar10(Path::new(&labels), 20);
+    let b1 = Path::new(&labels).join("data_batch_1.bin");
+    let mut bytes = std::fs::read(&b1).unwrap();
+    bytes[3073] = 42;
+    std::fs::write(&b1, bytes).unwrap();
+    refuses(&train_args(&labels, &out, &[]), "record 1 has label 42");
+    write_idx(Path::new(&t("magic")), 10, 9, 0, 10);
+    refuses(&train_args(&t("magic"), &out, &[]), "not an IDX file");
+    write_idx(Path::new(&t("short")), 10, 3, 16, 10);
+    refuses(
+        &train_args(&t("short"), &out, &[]),
+        "header says 10 images but the file holds 9",
+    );
+    write_idx(Path::new(&t("count")), 10, 3, 0, 8);
+    refuses(
+        &train_args(&t("count"), &out, &[]),
+        "8 labels for 10 images",
+    );
+    write_idx(Path::new(&t("gz")), 10, 3, 0, 10);
+    std::fs::remove_file(Path::new(&t("gz")).join("train-images-idx3-ubyte")).unwrap();
+    write(
+        &Path::new(&t("gz")).join("train-images-idx3-ubyte.gz"),
+        b"not gzip at all",
+    );
+    refuses(&train_args(&t("gz"), &out, &[]), "not a readable gzip file");
+
+    // Flags.
+    refuses(
+        &["train", "--data", &good, "--out", &out, "--epochs", "3"],
+        "--epochs",
+    );
+    refuses(&["train", "--out", &out], "--data");
+
+    // Output folders.
+    let file = t("a-file");
+    std::fs::write(&file, b"keep me").unwrap();
+    refuses(
+        &train_args(&good, &file, &[]),
+        "cannot create output folder",
+    );
+    assert_eq!(std::fs::read(&file).unwrap(), b"keep me");
+}
+
+#[test]
+fn a_run_folder_of_another_config_is_refused_and_left_as_it_was() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("cifar");
+    write_cifar10(&data, 20);
+    let out = tmp.path().join("run");
+    let (d, o) = (data.to_str().unwrap(), out.to_str().unwrap());
+    assert_ok(&mpirun(2, &train_args(d, o, &["max_steps=2"])));
+    let ck = newest_checkpoint(&out);
+    let before = std::fs::read(ck.join("state.safetensors")).unwrap();
+    let line = refuses(
+        &train_args(d, o, &["max_steps=4", "seed=9"]),
+        "seed differs: 0 there, 9 now",
+    );
+    assert!(line.contains("choose a new --out"), "{line}");
+    assert_eq!(std::fs::read(ck.join("state.safetensors")).unwrap(), before);
+    assert_eq!(newest_checkpoint(&out), ck);
+}
+
+#[test]
+fn a_diverging_loss_stops_every_rank_and_keeps_the_last_good_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("cifar");
+    write_cifar10(&data, 20);
+    let out = tmp.path().join("run");
+    let (d, o) = (data.to_str().unwrap(), out.to_str().unwrap());
+    // Stage 1 ends with a checkpoint; stage 2's rate then throws the map layer to infinity.
+    let line = refuses(
+        &train_args(
+            d,
+            o,
+            &["optim.stage_lr_factor=[1.0,1e20,1.0]", "optim.clip_value=0"],
+        ),
+        "loss became",
+    );
+    let ck = newest_checkpoint(&out);
+    assert!(
+        line.contains(&ck.display().to_string()),
+        "names the last good checkpoint: {line}"
+    );
+    assert!(line.contains("map-layer stage"), "{line}");
+    let meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(ck.join("meta.json")).unwrap()).unwrap();
+    assert_eq!(
+        meta["position"]["stage"], 1,
+        "the checkpoint is the end of stage 1"
+    );
+    assert!(!parameters(&ck).is_empty(), "and it reads back");
+}

@@ -1,0 +1,128 @@
+//! Interrupted runs resume where they stopped and end where an uninterrupted run ends: after a
+//! kill mid-stage on the same ranks, and after a stop on 2 ranks continued on 1.
+
+mod common;
+use common::*;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+fn steps_done(out: &Path) -> u64 {
+    std::fs::read_dir(out.join("checkpoints"))
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| {
+                    e.file_name()
+                        .to_string_lossy()
+                        .strip_prefix("step-")?
+                        .parse()
+                        .ok()
+                })
+                .max()
+                .unwrap_or(0)
+        })
+        .unwrap_or(0)
+}
+
+fn args<'a>(data: &'a str, out: &'a str, sets: &[&'a str]) -> Vec<&'a str> {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/configs/exactness.toml");
+    let mut a = vec![
+        "train",
+        "--config",
+        root,
+        "--data",
+        data,
+        "--out",
+        out,
+        "--set",
+        "epochs=[3,1,2]",
+    ];
+    for s in sets {
+        a.extend(["--set", s]);
+    }
+    a
+}
+
+#[test]
+fn a_run_killed_mid_stage_resumes_to_the_same_parameters() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("cifar");
+    write_cifar10(&data, 40);
+    let d = data.to_str().unwrap();
+    let whole = tmp.path().join("whole");
+    assert_ok(&mpirun(2, &args(d, whole.to_str().unwrap(), &[])));
+
+    // Kill the whole job (mpirun and both ranks) once stage 1's first epoch is checkpointed
+    // (step 6 of 36), while its second epoch runs.
+    let cut = tmp.path().join("cut");
+    let mut child = mpirun_command(2, &args(d, cut.to_str().unwrap(), &[]))
+        .process_group(0)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while steps_done(&cut) < 6 {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "no checkpoint appeared"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let group = child.id() as libc::pid_t;
+    assert!(group > 1);
+    // SAFETY: a plain syscall; the negative pid names the job's own process group.
+    assert_eq!(unsafe { libc::kill(-group, libc::SIGKILL) }, 0);
+    let _ = child.wait();
+    let killed_at = steps_done(&cut);
+    assert!(
+        killed_at < 36,
+        "killed before the end (at step {killed_at})"
+    );
+    assert!(!cut.join("embedding.npy").exists());
+
+    let again = mpirun(2, &args(d, cut.to_str().unwrap(), &[]));
+    assert_ok(&again);
+    assert!(again.stderr.contains("resumed"), "{}", again.stderr);
+    let (a, _) = model_and_optimizer(&newest_checkpoint(&whole));
+    let (b, _) = model_and_optimizer(&newest_checkpoint(&cut));
+    let (diff, name) = max_relative_difference(&a, &b, 1e-6);
+    assert!(diff < 1e-6, "{name} differs by {diff:e} of its norm");
+    // Each step is logged once, and the maps agree.
+    assert_eq!(losses(&cut).len(), 36);
+    let ea = tch::Tensor::read_npy(whole.join("embedding.npy")).unwrap();
+    let eb = tch::Tensor::read_npy(cut.join("embedding.npy")).unwrap();
+    assert!(f64::try_from((ea - eb).abs().max()).unwrap() < 1e-4);
+}
+
+#[test]
+fn two_ranks_stopped_mid_stage_continue_on_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("cifar");
+    write_cifar10(&data, 40);
+    let d = data.to_str().unwrap();
+    let one = tmp.path().join("one");
+    assert_ok(&mpirun(
+        1,
+        &args(d, one.to_str().unwrap(), &["max_steps=16"]),
+    ));
+    let moved = tmp.path().join("moved");
+    let m = moved.to_str().unwrap();
+    assert_ok(&mpirun(2, &args(d, m, &["max_steps=9"])));
+    let resumed = mpirun(1, &args(d, m, &["max_steps=16"]));
+    assert_ok(&resumed);
+    assert!(
+        resumed.stderr.contains("written_by_ranks=2"),
+        "{}",
+        resumed.stderr
+    );
+    let (a, _) = model_and_optimizer(&newest_checkpoint(&one));
+    let (b, _) = model_and_optimizer(&newest_checkpoint(&moved));
+    let (diff, name) = max_relative_difference(&a, &b, 1e-6);
+    assert!(diff < 1e-5, "{name} differs by {diff:e} of its norm");
+    let (la, lb) = (losses(&one), losses(&moved));
+    assert_eq!(la.len(), 16);
+    for (x, y) in la.iter().zip(&lb) {
+        assert!((x - y).abs() <= 1e-5 * x.abs(), "{x} vs {y}");
+    }
+}
