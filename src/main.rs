@@ -113,11 +113,15 @@ fn main() -> ExitCode {
         Err(code) => return code,
     };
 
+    // SIGUSR1 (SLURM's warning before the time limit) or SIGTERM: finish the step, checkpoint,
+    // exit 75. A second SIGTERM while stopping ends the process at once.
     let stop = Arc::new(AtomicBool::new(false));
-    for signal in [signal_hook::consts::SIGUSR1, signal_hook::consts::SIGTERM] {
-        if let Err(e) = signal_hook::flag::register(signal, Arc::clone(&stop)) {
-            tracing::warn!("cannot watch signal {signal}: {e}");
-        }
+    use signal_hook::consts::{SIGTERM, SIGUSR1};
+    let watched = signal_hook::flag::register_conditional_shutdown(SIGTERM, 1, Arc::clone(&stop))
+        .and_then(|_| signal_hook::flag::register(SIGTERM, Arc::clone(&stop)))
+        .and_then(|_| signal_hook::flag::register(SIGUSR1, Arc::clone(&stop)));
+    if let Err(e) = watched {
+        tracing::warn!("cannot watch SIGUSR1/SIGTERM ({e}): a stop request will end the run without a checkpoint");
     }
     match trainer.run(&stop) {
         Ok(Outcome::Finished) | Ok(Outcome::StepLimit) => ExitCode::SUCCESS,

@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# Side-by-side CPU figures for benchmarks/RESULTS.md, all in one run on this machine:
+#   throughput  images/s of tsimcne-dist (1 rank × 2 threads, 2 ranks × 1 thread), a plain
+#               PyTorch script of the same network, batch and augmentations
+#               (benchmarks/torch_reference.py) and the PyPI tsimcne package
+#               (benchmarks/reference_tsimcne.py), for the tiny CNN and for ResNet-18;
+#   quality     Fashion-MNIST, configs/cpu.toml (10,000 training images): kNN accuracy and time
+#               of tsimcne-dist on 2 ranks and of the PyTorch script, with t-SNE of the pixels.
+# Run launch/setup.sh and benchmarks/setup.sh first; nothing else should run meanwhile.
+#   bash benchmarks/cpu.sh [throughput|quality|all]      (default: all; about 25 minutes)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+what=${1:-all}
+data=${DATA:-/usr/share/datasets/fashion-mnist}
+out=benchmarks/out; mkdir -p "$out"
+py=.venv/bin/python
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 PYTHONDONTWRITEBYTECODE=1
+cargo build --release --quiet
+bin=target/release/tsimcne-dist
+
+# tsimcne-dist's images/s over the steps after the first, from its step log, as JSON.
+dist_json() {  # name, run folder, ranks, threads
+  "$py" - "$@" <<'PY'
+import json, sys, tomllib
+name, run, ranks, threads = sys.argv[1:]
+rows = [json.loads(l) for l in open(f"{run}/train-log.jsonl")][1:]  # the first step warms up
+batch = tomllib.load(open(f"{run}/config.toml", "rb"))["batch_size"]
+seconds = sum(batch / r["images_per_s"] for r in rows)
+print(json.dumps({"program": name, "ranks": int(ranks), "threads": int(threads),
+                  "images_per_s": batch * len(rows) / seconds, "steps": len(rows) + 1}))
+PY
+}
+
+throughput() {  # label, backbone, batch, steps
+  local label=$1 backbone=$2 batch=$3 steps=$4
+  local sets=(--set model.backbone="$backbone" --set batch_size="$batch" --set train_limit=$((batch * steps)))
+  rm -rf "$out/run-$label-r1" "$out/run-$label-r2"
+  bash launch/local.sh --cpu 1 -- train --config configs/cpu.toml --data "$data" --out "$out/run-$label-r1" \
+    "${sets[@]}" --set threads=2 --set max_steps="$steps" 2>/dev/null
+  dist_json "tsimcne-dist" "$out/run-$label-r1" 1 2 >"$out/$label-dist-1x2.json"
+  bash launch/local.sh --cpu 2 -- train --config configs/cpu.toml --data "$data" --out "$out/run-$label-r2" \
+    "${sets[@]}" --set max_steps="$steps" 2>/dev/null
+  dist_json "tsimcne-dist" "$out/run-$label-r2" 2 1 >"$out/$label-dist-2x1.json"
+  "$py" benchmarks/torch_reference.py --config configs/cpu.toml --data "$data" "${sets[@]}" \
+    --threads 2 --max-steps "$steps" --json "$out/$label-torch.json" >/dev/null
+  "$py" benchmarks/reference_tsimcne.py --data "$data" --backbone "$backbone" --batch-size "$batch" \
+    --images $((batch * steps)) --threads 2 --json "$out/$label-tsimcne.json" >/dev/null
+  "$py" - "$label" "$out" <<'PY'
+import json, sys
+label, out = sys.argv[1:]
+r = {k: json.load(open(f"{out}/{label}-{k}.json"))["images_per_s"]
+     for k in ["dist-1x2", "dist-2x1", "torch", "tsimcne"]}
+print(f"| {label} | {r['dist-1x2']:.0f} | {r['dist-2x1']:.0f} | {r['torch']:.0f} | {r['tsimcne']:.0f} "
+      f"| {r['dist-1x2'] / r['torch']:.2f} | {r['dist-1x2'] / r['tsimcne']:.2f} | {r['dist-2x1'] / r['dist-1x2']:.2f} |")
+PY
+}
+
+if [ "$what" = all ] || [ "$what" = throughput ]; then
+  echo "| network, batch | tsimcne-dist 1×2 | tsimcne-dist 2×1 | PyTorch script | tsimcne 0.4.24 | ÷ script | ÷ tsimcne | 2×1 ÷ 1×2 |"
+  echo "| --- | --- | --- | --- | --- | --- | --- | --- |"
+  throughput tiny-512 tiny 512 8
+  throughput resnet18-256 resnet18 256 4
+fi
+
+if [ "$what" = all ] || [ "$what" = quality ]; then
+  rm -rf "$out/run-quality"
+  start=$(date +%s%N)
+  bash launch/local.sh --cpu 2 -- train --config configs/cpu.toml --data "$data" --out "$out/run-quality" 2>/dev/null
+  dist_s=$(( ($(date +%s%N) - start) / 1000000 ))e-3
+  "$py" benchmarks/torch_reference.py --config configs/cpu.toml --data "$data" --threads 2 --json "$out/quality-torch.json" >/dev/null
+  "$py" benchmarks/pixel_tsne.py --data "$data" --threads 2 --json "$out/quality-tsne.json" >/dev/null
+  "$py" - "$out" "$dist_s" <<'PY'
+import json, sys
+out, dist_s = sys.argv[1], float(sys.argv[2])
+d = json.load(open(f"{out}/run-quality/metrics.json"))["knn_accuracy"]
+t = json.load(open(f"{out}/quality-torch.json"))
+s = json.load(open(f"{out}/quality-tsne.json"))
+print("| program | kNN accuracy | seconds |\n| --- | --- | --- |")
+print(f"| tsimcne-dist, 2 ranks × 1 thread | {100 * d:.1f} % | {dist_s:.0f} |")
+print(f"| PyTorch script, 2 threads | {100 * t['knn_accuracy']:.1f} % | {t['total_seconds']:.0f} |")
+print(f"| t-SNE of the pixels (openTSNE, 2 threads) | {100 * s['knn_accuracy']:.1f} % | {s['total_seconds']:.0f} |")
+PY
+fi

@@ -1,0 +1,54 @@
+# Sourced by the job scripts in slurm/: runs one training step of the job, forwards SLURM's
+# warning signal to it, and requeues the job when tsimcne-dist stopped to be resumed.
+#
+# The job scripts ask SLURM for SIGUSR1 some minutes before the time limit
+# (--signal=B:USR1@SECONDS, sent to this batch shell). The trap passes it to the launcher
+# (srun and mpirun both forward USR1 to every rank); each rank finishes its step, rank 0 writes
+# a checkpoint, and all exit with 75. The job is then requeued, and the same command resumes
+# from that checkpoint, on whatever number of nodes the requeued job gets (the global batch is
+# the config's). SIGTERM (scancel, preemption) is handled the same way.
+
+# Exit code of tsimcne-dist after a requested stop with its checkpoint written.
+readonly TSIMCNE_STOPPED=75
+
+# run_preemptible COMMAND...: runs COMMAND, forwarding USR1/TERM; requeues on exit code 75.
+run_preemptible() {
+  echo "tsimcne job ${SLURM_JOB_ID:-?} (restart ${SLURM_RESTART_COUNT:-0}) on ${SLURM_JOB_NODELIST:-?}: $*"
+  "$@" &
+  local pid=$! rc
+  trap 'echo "signal received: asking the ranks to checkpoint and stop"; kill -USR1 "$pid" 2>/dev/null' USR1 TERM
+  # `wait` returns early when a trapped signal arrives; wait again until the step has ended.
+  while true; do
+    wait "$pid"; rc=$?
+    kill -0 "$pid" 2>/dev/null || break
+  done
+  trap - USR1 TERM
+  if [ "$rc" -eq "$TSIMCNE_STOPPED" ] && [ -n "${SLURM_JOB_ID:-}" ]; then
+    echo "stopped with a checkpoint: requeueing job $SLURM_JOB_ID"
+    scontrol requeue "$SLURM_JOB_ID"
+    exit 0
+  fi
+  echo "tsimcne-dist exited with $rc"
+  exit "$rc"
+}
+
+# The launcher of one rank per task: srun with PMIx, or mpirun inside the allocation.
+launcher() {
+  case "${LAUNCHER:-srun}" in
+    srun) echo srun --mpi="${SRUN_MPI:-pmix}" --kill-on-bad-exit=1 ;;
+    mpirun)
+      local root=(); [ "$(id -u)" -ne 0 ] || root=(--allow-run-as-root)
+      echo mpirun --bind-to none "${root[@]}" -x OMP_NUM_THREADS ;;
+    *) echo "LAUNCHER must be srun or mpirun, not $LAUNCHER" >&2; exit 2 ;;
+  esac
+}
+
+# train_job DEVICE: the job's one step, tsimcne-dist train on $CONFIG, $DATA and $OUT (the job
+# script's variables) plus any --set flags in $SETS, with the allocation's cores per rank.
+train_job() {
+  export OMP_NUM_THREADS=${SLURM_CPUS_PER_TASK:-1} NCCL_DEBUG=${NCCL_DEBUG:-WARN}
+  # shellcheck disable=SC2046,SC2086  # the launcher's words and $SETS split on purpose
+  run_preemptible $(launcher) "${BIN:-target/release/tsimcne-dist}" train \
+    --config "$CONFIG" --data "$DATA" --out "$OUT" \
+    --set device="$1" --set threads="$OMP_NUM_THREADS" ${SETS:-}
+}

@@ -1,0 +1,100 @@
+//! A rank killed with SIGKILL — rank 0 while it writes checkpoints, or another rank — ends the
+//! job (no hang) and leaves the newest checkpoint readable; the run then resumes from it.
+
+mod common;
+use common::*;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// The pid of the tsimcne-dist process that is `rank` of the job writing to `out`.
+fn rank_pid(out: &Path, rank: usize) -> Option<i32> {
+    let out = out.to_str()?;
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+        let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+        let cmdline = String::from_utf8_lossy(&cmdline);
+        if !cmdline.starts_with(BIN) || !cmdline.contains(out) {
+            return None;
+        }
+        let environ = std::fs::read(e.path().join("environ")).ok()?;
+        let wanted = format!("OMPI_COMM_WORLD_RANK={rank}");
+        environ
+            .split(|&b| b == 0)
+            .any(|v| v == wanted.as_bytes())
+            .then_some(pid)
+    })
+}
+
+fn kill_rank_then_resume(rank: usize, after_checkpoints: usize) {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("cifar");
+    write_cifar10(&data, 40);
+    let out = tmp.path().join("run");
+    let config = concat!(env!("CARGO_MANIFEST_DIR"), "/configs/exactness.toml");
+    let args = [
+        "train",
+        "--config",
+        config,
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--set",
+        "model.backbone=tiny",
+        "--set",
+        "epochs=[20,2,4]",
+    ];
+    let mut job = mpirun_command(2, &args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    let count = || std::fs::read_dir(out.join("checkpoints")).map_or(0, |d| d.flatten().count());
+    while count() < after_checkpoints {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "no checkpoints appeared"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let pid = rank_pid(&out, rank).expect("the rank's process");
+    // SAFETY: a plain syscall on a process of this test's own job.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+    let killed = Instant::now();
+    while job.try_wait().unwrap().is_none() {
+        assert!(
+            killed.elapsed() < Duration::from_secs(30),
+            "the other rank hangs after rank {rank} died"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!out.join("embedding.npy").exists(), "killed before the end");
+
+    // Every complete-looking checkpoint reads back; resuming continues from the newest.
+    let newest = newest_checkpoint(&out);
+    assert!(!parameters(&newest).is_empty());
+    let again = mpirun(2, &args);
+    assert_ok(&again);
+    assert!(again.stderr.contains("resumed"), "{}", again.stderr);
+    let left: Vec<String> = std::fs::read_dir(out.join("checkpoints"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        left.iter().all(|n| n.starts_with("step-")),
+        "half-written checkpoints are cleaned: {left:?}"
+    );
+    assert_eq!(losses(&out).len(), 26 * 6);
+}
+
+#[test]
+fn killing_rank_0_while_it_checkpoints_leaves_the_newest_checkpoint_readable() {
+    kill_rank_then_resume(0, 3);
+}
+
+#[test]
+fn killing_another_rank_ends_the_job_and_the_run_resumes() {
+    kill_rank_then_resume(1, 2);
+}
