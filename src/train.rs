@@ -3,7 +3,7 @@
 //! ```text
 //! order(seed, stage, epoch) → global batch k → this rank's slice → u8 images → device
 //!   → two augmented views → network → z (2b×d) → all-gather → Z (2B×d, a leaf)
-//!   → this rank's part of the loss → dL_r/dZ → all-reduce (sum) → dL/dz (own rows)
+//!   → this rank's part of the loss → dL_r/dZ → reduce-scatter (sum) → dL/dz (own rows)
 //!   → backward into the network → all-reduce the gradients (+ loss, stop flag) → clip → SGD
 //! ```
 //! Every rank holds the same parameters and takes the same steps; rank 0 writes.
@@ -500,7 +500,8 @@ impl<'a> Trainer<'a> {
         let part = cauchy_infonce_part(&all, rows);
         let grad_all = Tensor::run_backward(&[&part], &[&all], false, false).remove(0);
         timing.compute += lap(self.device);
-        let grad_all = self.comm.all_reduce_sum(&grad_all)?;
+        // Every rank's loss depends on every row; each rank needs the sum only for its own.
+        let grad_mine = self.comm.reduce_scatter_sum(&grad_all)?;
         timing.comm += lap(self.device);
 
         // Backward from this rank's rows into the network.
@@ -508,9 +509,7 @@ impl<'a> Trainer<'a> {
         for (_, p) in &params_named {
             p.shallow_clone().zero_grad();
         }
-        (&z * grad_all.narrow(0, rows.offset, local).detach())
-            .sum(Kind::Float)
-            .backward();
+        (&z * grad_mine.detach()).sum(Kind::Float).backward();
         let grads: Vec<Tensor> = params_named
             .iter()
             .map(|(_, p)| {

@@ -29,6 +29,9 @@ pub trait Collectives {
     fn all_gather(&self, t: &Tensor) -> Result<Tensor, DistError>;
     /// The element-wise sum of every rank's `t`.
     fn all_reduce_sum(&self, t: &Tensor) -> Result<Tensor, DistError>;
+    /// This rank's block of the element-wise sum of every rank's `t`: dimension 0 split into
+    /// `world` equal blocks, rank r receiving block r (half an all-reduce's traffic).
+    fn reduce_scatter_sum(&self, t: &Tensor) -> Result<Tensor, DistError>;
     fn sum_host(&self, values: &[f64]) -> Vec<f64>;
     fn max_host(&self, values: &[f64]) -> Vec<f64>;
     /// Rank 0's `bytes` on every rank.

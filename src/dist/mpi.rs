@@ -85,6 +85,22 @@ impl Collectives for MpiCollectives {
             .to(t.device()))
     }
 
+    fn reduce_scatter_sum(&self, t: &Tensor) -> Result<Tensor, DistError> {
+        let mut shape = t.size();
+        shape[0] /= self.world() as i64;
+        if self.world() == 1 {
+            return Ok(t.shallow_clone());
+        }
+        let send = host_f32(t)?;
+        let mut recv = vec![0f32; send.len() / self.world()];
+        self.world
+            .reduce_scatter_block_into(&send[..], &mut recv[..], SystemOperation::sum());
+        Ok(Tensor::from_slice(&recv)
+            .view(&shape[..])
+            .to_kind(t.kind())
+            .to(t.device()))
+    }
+
     fn sum_host(&self, values: &[f64]) -> Vec<f64> {
         self.reduce_host(values, SystemOperation::sum())
     }

@@ -122,6 +122,27 @@ impl Collectives for NcclCollectives {
         Ok(recv.to_kind(t.kind()))
     }
 
+    fn reduce_scatter_sum(&self, t: &Tensor) -> Result<Tensor, DistError> {
+        let send = device_f32(t);
+        let mut shape = send.size();
+        shape[0] /= self.world() as i64;
+        let recv = Tensor::empty(&shape[..], (Kind::Float, send.device()));
+        // SAFETY: as in all_gather; recv holds one rank's block of send.
+        unsafe {
+            result::reduce_scatter(
+                send.data_ptr() as *const c_void,
+                recv.data_ptr(),
+                recv.numel(),
+                sys::ncclDataType_t::ncclFloat32,
+                sys::ncclRedOp_t::ncclSum,
+                self.comm,
+                std::ptr::null_mut(),
+            )
+        }
+        .map_err(|e| nccl_error("reduce_scatter", e))?;
+        Ok(recv.to_kind(t.kind()))
+    }
+
     fn sum_host(&self, values: &[f64]) -> Vec<f64> {
         self.host.sum_host(values)
     }

@@ -1,0 +1,182 @@
+"""Scaling study: tsimcne-dist over world sizes × global batches, with the learning-rate rule
+and optimizer a config chooses; a table (CSV and Markdown) and PNG plots.
+
+    python benchmarks/scale.py --data DIR [--config FILE] [--ranks 1,2] [--batches 256,512,1024]
+        [--steps 8] [--gpus] [--set key=value ...] [--accuracy-epochs "[12,2,6]"] [--out DIR]
+
+Each (ranks, batch) point is one short run (`--steps` steps, the first left out as warm-up),
+launched with launch/local.sh: CPU ranks get one thread each, so that N ranks are N times the
+hardware of one; `--gpus` uses one GPU per rank. Per point: images/s (median over steps),
+seconds per step in data, compute and communication (slowest rank), the time one epoch of the
+whole training split would take, and scaling efficiency = images/s ÷ (ranks × images/s of one
+rank at the same per-rank batch) where that single-rank point was measured (weak scaling, the
+large-batch case). With --accuracy-epochs, each batch size is also trained through a whole
+schedule on the largest world size and its map's kNN accuracy is reported.
+
+Writes OUT/scaling.csv, OUT/scaling.md and OUT/{images_per_s,efficiency,epoch_time,knn}.png.
+"""
+
+import argparse
+import csv
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tomllib
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run(ranks, batch, args, sets, folder, steps=None):
+    """One tsimcne-dist run through launch/local.sh; returns its run folder."""
+    kind = ["--gpus", str(ranks)] if args.gpus else ["--cpu", str(ranks)]
+    cmd = ["bash", f"{ROOT}/launch/local.sh", *kind, "--", "train", "--data", args.data, "--out", folder]
+    if args.config:
+        cmd += ["--config", args.config]
+    settings = [f"batch_size={batch}", *sets]
+    if not args.gpus:
+        settings.append("threads=1")
+    if steps is not None:
+        # Enough images for the steps, so that no epoch boundary falls inside the timing.
+        settings += [f"max_steps={steps}", f"train_limit={batch * steps}"]
+    for s in settings:
+        cmd += ["--set", s]
+    env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
+    if not args.gpus:
+        env["CORES"] = str(ranks)  # one thread per rank
+    subprocess.run(["rm", "-rf", folder], check=True)
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        sys.exit(f"ranks {ranks}, batch {batch} failed:\n{done.stderr[-2000:]}")
+    return folder
+
+
+def measure(folder, n_images):
+    rows = [json.loads(line) for line in open(f"{folder}/train-log.jsonl")][1:]
+    med = lambda key: statistics.median(r[key] for r in rows)  # noqa: E731
+    ips = med("images_per_s")
+    return {
+        "images_per_s": ips,
+        "data_s": med("data_s"),
+        "compute_s": med("compute_s"),
+        "comm_s": med("comm_s"),
+        "epoch_s": n_images / ips,
+    }
+
+
+def training_images(data, config):
+    """Images in one epoch of a full run: the training split (and the test split if the config
+    trains on it), as tsimcne-dist counts them."""
+    sizes = {}
+    for name in os.listdir(data):
+        path = os.path.join(data, name)
+        if name.startswith("data_batch_"):
+            sizes["train"] = sizes.get("train", 0) + os.path.getsize(path) // 3073
+        elif name == "test_batch.bin":
+            sizes["test"] = os.path.getsize(path) // 3073
+        elif name.startswith("train-labels-idx1"):
+            sizes["train"] = 60000 if "fashion" in data or "mnist" in data else None
+        elif name.startswith("t10k-labels-idx1"):
+            sizes["test"] = 10000 if "fashion" in data or "mnist" in data else None
+    cfg = tomllib.load(open(config, "rb")) if config else {}
+    n = (sizes.get("train") or 0) + ((sizes.get("test") or 0) if cfg.get("train_on_test") else 0)
+    limit = cfg.get("train_limit", 0)
+    return min(n, limit) if limit else n
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", required=True)
+    ap.add_argument("--config")
+    ap.add_argument("--ranks", default="1,2")
+    ap.add_argument("--batches", default="256,512,1024")
+    ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--gpus", action="store_true")
+    ap.add_argument("--set", dest="sets", action="append", default=[])
+    ap.add_argument("--accuracy-epochs")
+    ap.add_argument("--out", default=f"{ROOT}/benchmarks/out/scale")
+    args = ap.parse_args()
+    ranks = [int(r) for r in args.ranks.split(",")]
+    batches = [int(b) for b in args.batches.split(",")]
+    os.makedirs(args.out, exist_ok=True)
+    n_images = training_images(args.data, args.config)
+
+    points = []
+    for b in batches:
+        for w in ranks:
+            if b % w:
+                continue
+            folder = run(w, b, args, args.sets, f"{args.out}/runs/r{w}-b{b}", steps=args.steps)
+            points.append({"ranks": w, "batch": b, "per_rank": b // w, **measure(folder, n_images)})
+            print(f"ranks {w}, batch {b}: {points[-1]['images_per_s']:.0f} images/s", flush=True)
+    single = {p["per_rank"]: p["images_per_s"] for p in points if p["ranks"] == 1}
+    for p in points:
+        base = single.get(p["per_rank"])
+        p["efficiency"] = p["images_per_s"] / (p["ranks"] * base) if base else None
+    if args.accuracy_epochs:
+        for b in batches:
+            w = max(r for r in ranks if b % r == 0)
+            folder = run(w, b, args, [*args.sets, f"epochs={args.accuracy_epochs}"], f"{args.out}/runs/acc-b{b}")
+            knn = json.load(open(f"{folder}/metrics.json"))["knn_accuracy"]
+            for p in points:
+                if p["batch"] == b:
+                    p["knn_accuracy"] = knn
+    write_tables(points, args.out)
+    plot(points, args.out, ranks, batches)
+
+
+def write_tables(points, out):
+    keys = ["ranks", "batch", "per_rank", "images_per_s", "efficiency", "epoch_s", "data_s", "compute_s", "comm_s", "knn_accuracy"]
+    with open(f"{out}/scaling.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, keys, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(points)
+    fmt = lambda v, d: "–" if v is None else f"{v:.{d}f}"  # noqa: E731
+    lines = [
+        "| ranks | global batch | per rank | images/s | efficiency | epoch (s) | data (ms) | compute (ms) | comm (ms) | kNN |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for p in points:
+        knn = p.get("knn_accuracy")
+        lines.append(
+            f"| {p['ranks']} | {p['batch']} | {p['per_rank']} | {p['images_per_s']:.0f} | {fmt(p['efficiency'], 2)} "
+            f"| {p['epoch_s']:.0f} | {1e3 * p['data_s']:.1f} | {1e3 * p['compute_s']:.0f} | {1e3 * p['comm_s']:.1f} "
+            f"| {'–' if knn is None else f'{100 * knn:.1f} %'} |"
+        )
+    open(f"{out}/scaling.md", "w").write("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def plot(points, out, ranks, batches):
+    def figure(name, ylabel, xs_key, y_key, group_key, ideal=None):
+        fig, ax = plt.subplots(figsize=(5, 3.6), dpi=150)
+        for g in sorted({p[group_key] for p in points}):
+            sel = sorted((p for p in points if p[group_key] == g and p.get(y_key) is not None), key=lambda p: p[xs_key])
+            if sel:
+                ax.plot([p[xs_key] for p in sel], [p[y_key] for p in sel], "o-", label=f"{group_key.replace('_', ' ')} {g}")
+        if ideal is not None:
+            ax.axhline(ideal, color="grey", ls="--", lw=1, label="ideal")
+        ax.set_xlabel(xs_key.replace("_", " "))
+        ax.set_ylabel(ylabel)
+        ax.set_xscale("log", base=2)
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(f"{out}/{name}.png")
+        plt.close(fig)
+
+    figure("images_per_s", "images / s", "ranks", "images_per_s", "batch")
+    figure("efficiency", "scaling efficiency", "ranks", "efficiency", "per_rank", ideal=1.0)
+    figure("epoch_time", "seconds per epoch", "batch", "epoch_s", "ranks")
+    if any(p.get("knn_accuracy") is not None for p in points):
+        figure("knn", "2-D kNN accuracy", "batch", "knn_accuracy", "ranks")
+
+
+if __name__ == "__main__":
+    main()
