@@ -65,6 +65,7 @@ def measure(folder, n_images):
         "images_per_s": ips,
         "data_s": med("data_s"),
         "compute_s": med("compute_s"),
+        "wait_s": med("wait_s"),
         "comm_s": med("comm_s"),
         "epoch_s": n_images / ips,
     }
@@ -132,21 +133,22 @@ def main():
 
 
 def write_tables(points, out):
-    keys = ["ranks", "batch", "per_rank", "images_per_s", "efficiency", "epoch_s", "data_s", "compute_s", "comm_s", "knn_accuracy"]
+    keys = ["ranks", "batch", "per_rank", "images_per_s", "efficiency", "epoch_s", "data_s", "compute_s", "wait_s", "comm_s", "knn_accuracy"]
     with open(f"{out}/scaling.csv", "w", newline="") as f:
         w = csv.DictWriter(f, keys, extrasaction="ignore")
         w.writeheader()
         w.writerows(points)
     fmt = lambda v, d: "–" if v is None else f"{v:.{d}f}"  # noqa: E731
     lines = [
-        "| ranks | global batch | per rank | images/s | efficiency | epoch (s) | data (ms) | compute (ms) | comm (ms) | kNN |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| ranks | global batch | per rank | images/s | efficiency | epoch (s) | data (ms) | compute (ms) | wait (ms) | comm (ms) | kNN |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for p in points:
         knn = p.get("knn_accuracy")
         lines.append(
             f"| {p['ranks']} | {p['batch']} | {p['per_rank']} | {p['images_per_s']:.0f} | {fmt(p['efficiency'], 2)} "
-            f"| {p['epoch_s']:.0f} | {1e3 * p['data_s']:.1f} | {1e3 * p['compute_s']:.0f} | {1e3 * p['comm_s']:.1f} "
+            f"| {p['epoch_s']:.0f} | {1e3 * p['data_s']:.1f} | {1e3 * p['compute_s']:.0f} | {1e3 * p['wait_s']:.1f} "
+            f"| {1e3 * p['comm_s']:.1f} "
             f"| {'–' if knn is None else f'{100 * knn:.1f} %'} |"
         )
     open(f"{out}/scaling.md", "w").write("\n".join(lines) + "\n")

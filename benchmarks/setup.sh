@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the Python benchmarks need into .venv, which launch/setup.sh made with torch
-# 2.11.0 in it: torchvision, Lightning, scikit-learn, SciPy, the tsimcne package the benchmarks
+# 2.11.0 in it: torchvision, Lightning, scikit-learn, SciPy, matplotlib (plots), the tsimcne package the benchmarks
 # compare against, and openTSNE. torch is pinned on the same pip command line so that pip
 # cannot replace the libtorch tsimcne-dist is built against. Installs nothing twice.
 #   bash launch/setup.sh && bash benchmarks/setup.sh
@@ -18,7 +18,7 @@ import sys
 pinned = {"torch": "2.11.0", "torchvision": "0.26.0", "tsimcne": "0.4.24"}
 if any(md.version(name).split("+")[0] != v for name, v in pinned.items()):
     sys.exit(1)
-for name in ("lightning", "scikit-learn", "scipy", "openTSNE"):
+for name in ("lightning", "scikit-learn", "scipy", "openTSNE", "matplotlib"):
     md.version(name)  # raises when it is not installed
 PY
 then
@@ -26,5 +26,5 @@ then
 else
   echo "benchmarks/setup.sh: installing the benchmark packages into .venv"
   .venv/bin/pip install -q torch==2.11.0 torchvision==0.26.0 lightning scikit-learn scipy \
-    tsimcne==0.4.24 opentsne
+    tsimcne==0.4.24 opentsne matplotlib
 fi

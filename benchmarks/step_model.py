@@ -32,12 +32,12 @@ LINKS = {  # name: (bus bandwidth per device in bytes/s, latency per hop in s)
 FLOPS = 200e12  # effective bf16 matmul rate for the loss (an H100-class device)
 
 
-def comm_seconds(w, b, beta, alpha):
+def comm_seconds(w, b, beta, alpha, params=PARAMS):
     if w == 1:
         return 0.0
     z = 2 * w * b * D * 4
     frac = (w - 1) / w
-    return frac * z / beta + frac * z / beta + 2 * frac * 4 * PARAMS / beta + 3 * 2 * math.log2(w) * alpha
+    return 2 * frac * z / beta + 2 * frac * 4 * params / beta + 3 * 2 * math.log2(w) * alpha
 
 
 def step_seconds(w, b, rate, beta, alpha):
@@ -59,8 +59,9 @@ def predictions(rates, b):
         print(f"| {rate:.0f} | {w} | {bb} | {link} | {t:.1f} | {c:.1f} | {100 * e:.0f} % |")
 
 
-def fit(path):
-    """α, β of this machine's MPI from the two-rank CPU points; then every point checked."""
+def fit(path, params):
+    """α, β of this machine's MPI from the CPU points (network of `params` trained floats);
+    then every point checked against the fitted model."""
     pts = [p for p in csv.DictReader(open(path)) if int(p["ranks"]) > 1]
     if len(pts) < 2:
         print("(need at least two multi-rank points to fit)")
@@ -70,7 +71,7 @@ def fit(path):
     for p in pts:
         w, b = int(p["ranks"]), int(p["per_rank"])
         frac = (w - 1) / w
-        bytes_ = 2 * frac * 2 * w * b * D * 4 + 2 * frac * 4 * PARAMS
+        bytes_ = 2 * frac * 2 * w * b * D * 4 + 2 * frac * 4 * params
         xs.append((6 * math.log2(w), bytes_, float(p["comm_s"])))
     n = len(xs)
     sa = sum(k * k for k, _, _ in xs)
@@ -93,10 +94,11 @@ def main():
     ap.add_argument("--images-per-s", default="2500,10000")
     ap.add_argument("--per-device-batch", type=int, default=128)
     ap.add_argument("--fit")
+    ap.add_argument("--fit-params", type=float, default=233e3, help="trained floats of the fitted runs' network (tiny CNN + head: 233 k)")
     args = ap.parse_args()
     predictions([float(r) for r in args.images_per_s.split(",")], args.per_device_batch)
     if args.fit:
-        fit(args.fit)
+        fit(args.fit, args.fit_params)
 
 
 if __name__ == "__main__":

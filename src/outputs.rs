@@ -64,10 +64,12 @@ pub struct StepRecord {
     pub loss: f64,
     pub lr: f64,
     pub images_per_s: f64,
-    /// Seconds this step spent reading and moving images, in the network and loss, and in
-    /// collectives (the slowest rank's figure for each).
+    /// Seconds this step spent reading and moving images, in the network and loss, waiting for
+    /// the slowest rank to reach the collectives, and in the collectives themselves (the
+    /// slowest rank's figure for each).
     pub data_s: f64,
     pub compute_s: f64,
+    pub wait_s: f64,
     pub comm_s: f64,
 }
 
@@ -172,6 +174,7 @@ mod tests {
             images_per_s: 1.0,
             data_s: 0.0,
             compute_s: 0.0,
+            wait_s: 0.0,
             comm_s: 0.0,
         };
         let mut log = TrainLog::open(&path, 0).unwrap();

@@ -232,11 +232,62 @@ fn channel_stats(data: &Dataset, n: usize) -> Normalize {
     Normalize { mean, std }
 }
 
+/// The phases a step's time is split into.
+#[derive(Debug, Clone, Copy)]
+enum Phase {
+    Data,
+    Compute,
+    Wait,
+    Comm,
+}
+
+/// Splits a step's wall time into phases. On CUDA it synchronises before each reading, so that
+/// a phase is charged with its own kernels (the cost: the host cannot run ahead of the device).
+struct PhaseClock {
+    device: Device,
+    last: Instant,
+    timing: Timing,
+}
+
+impl PhaseClock {
+    fn new(device: Device) -> PhaseClock {
+        PhaseClock {
+            device,
+            last: Instant::now(),
+            timing: Timing::default(),
+        }
+    }
+
+    /// Charges the time since the last reading to `phase`.
+    fn lap(&mut self, phase: Phase) {
+        if let Device::Cuda(i) = self.device {
+            tch::Cuda::synchronize(i as i64);
+        }
+        let s = self.last.elapsed().as_secs_f64();
+        self.last = Instant::now();
+        let t = &mut self.timing;
+        *match phase {
+            Phase::Data => &mut t.data,
+            Phase::Compute => &mut t.compute,
+            Phase::Wait => &mut t.wait,
+            Phase::Comm => &mut t.comm,
+        } += s;
+    }
+
+    /// Waits for the slowest rank before a collective, so that the collective's time is
+    /// transfer time and imbalance between ranks shows as wait time of its own.
+    fn wait_for_all(&mut self, comm: &dyn Collectives) {
+        comm.barrier();
+        self.lap(Phase::Wait);
+    }
+}
+
 /// Seconds spent per phase in one step.
 #[derive(Debug, Default, Clone, Copy)]
 struct Timing {
     data: f64,
     compute: f64,
+    wait: f64,
     comm: f64,
 }
 
@@ -394,6 +445,7 @@ impl<'a> Trainer<'a> {
                     images_per_s: self.cfg.batch_size as f64 / seconds,
                     data_s: timing.data,
                     compute_s: timing.compute,
+                    wait_s: timing.wait,
                     comm_s: timing.comm,
                 })?;
             }
@@ -443,16 +495,7 @@ impl<'a> Trainer<'a> {
         stop: bool,
     ) -> Result<(f64, bool, Timing), TrainError> {
         let (rank, world) = (self.comm.rank(), self.comm.world());
-        let mut timing = Timing::default();
-        let mut clock = Instant::now();
-        let mut lap = |device: Device| {
-            if let Device::Cuda(i) = device {
-                tch::Cuda::synchronize(i as i64);
-            }
-            let s = clock.elapsed().as_secs_f64();
-            clock = Instant::now();
-            s
-        };
+        let mut clock = PhaseClock::new(self.device);
 
         // Data: this rank's images of global batch `pos.batch`, and their views' parameters.
         let batch = shard::global_batch(order, self.cfg.batch_size, pos.batch);
@@ -473,7 +516,7 @@ impl<'a> Trainer<'a> {
             &self.cfg.augment,
             (self.data.height, self.data.width),
         );
-        timing.data += lap(self.device);
+        clock.lap(Phase::Data);
 
         // Forward to this rank's projections.
         let plan = schedule::plan(pos.stage);
@@ -484,10 +527,11 @@ impl<'a> Trainer<'a> {
             tch::no_grad(|| self.trunk(&views, true))
         };
         let z = self.net.readout(&hidden, plan.readout);
-        timing.compute += lap(self.device);
+        clock.lap(Phase::Compute);
 
+        clock.wait_for_all(self.comm);
         let gathered = self.comm.all_gather(&z.detach())?;
-        timing.comm += lap(self.device);
+        clock.lap(Phase::Comm);
 
         // This rank's part of the global loss and its gradient with respect to every row.
         let local = z.size()[0];
@@ -499,10 +543,11 @@ impl<'a> Trainer<'a> {
         let all = gathered.set_requires_grad(true);
         let part = cauchy_infonce_part(&all, rows);
         let grad_all = Tensor::run_backward(&[&part], &[&all], false, false).remove(0);
-        timing.compute += lap(self.device);
+        clock.lap(Phase::Compute);
         // Every rank's loss depends on every row; each rank needs the sum only for its own.
+        clock.wait_for_all(self.comm);
         let grad_mine = self.comm.reduce_scatter_sum(&grad_all)?;
-        timing.comm += lap(self.device);
+        clock.lap(Phase::Comm);
 
         // Backward from this rank's rows into the network.
         let params_named = self.stage_params(pos.stage);
@@ -527,11 +572,12 @@ impl<'a> Trainer<'a> {
                 .to(self.device),
         );
         let flat = Tensor::cat(&pieces, 0);
-        timing.compute += lap(self.device);
+        clock.lap(Phase::Compute);
 
         // Gradients, loss and stop flags of all ranks in one all-reduce.
+        clock.wait_for_all(self.comm);
         let flat = self.comm.all_reduce_sum(&flat)?;
-        timing.comm += lap(self.device);
+        clock.lap(Phase::Comm);
         let n = flat.size()[0];
         let tail = Vec::<f32>::try_from(flat.narrow(0, n - 2, 2).to_device(Device::Cpu))?;
         let (loss, stop_all) = (f64::from(tail[0]), tail[1] > 0.0);
@@ -549,17 +595,21 @@ impl<'a> Trainer<'a> {
             }
             self.opt.step(&self.cfg.optim, lr, &params_named, &reduced);
         }
-        timing.compute += lap(self.device);
-        let slowest = self
-            .comm
-            .max_host(&[timing.data, timing.compute, timing.comm]);
+        clock.lap(Phase::Compute);
+        let s = self.comm.max_host(&[
+            clock.timing.data,
+            clock.timing.compute,
+            clock.timing.wait,
+            clock.timing.comm,
+        ]);
         Ok((
             loss,
             stop_all,
             Timing {
-                data: slowest[0],
-                compute: slowest[1],
-                comm: slowest[2],
+                data: s[0],
+                compute: s[1],
+                wait: s[2],
+                comm: s[3],
             },
         ))
     }

@@ -41,6 +41,7 @@ fn a_finished_run_writes_its_outputs_and_learns_the_classes() {
         "images_per_s",
         "data_s",
         "compute_s",
+        "wait_s",
         "comm_s",
     ] {
         assert!(first.get(key).is_some(), "log lacks {key}: {first}");
