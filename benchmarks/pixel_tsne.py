@@ -9,7 +9,6 @@ images); openTSNE with its defaults (perplexity 30, PCA initialisation) then emb
 """
 
 import argparse
-import json
 import time
 
 import numpy as np
@@ -17,7 +16,7 @@ from openTSNE import TSNE
 from sklearn.decomposition import PCA
 from sklearn.neighbors import KNeighborsClassifier
 
-from torch_reference import load_dataset
+from torch_reference import load_dataset, report
 
 
 def main() -> None:
@@ -40,11 +39,7 @@ def main() -> None:
         "total_seconds": time.perf_counter() - started,
         "images": len(pixels),
     }
-    line = json.dumps(result)
-    print(line)
-    if args.json:
-        with open(args.json, "w") as f:
-            f.write(line + "\n")
+    report(result, args.json)
 
 
 if __name__ == "__main__":

@@ -41,9 +41,7 @@ from outside the package:
 """
 
 import argparse
-import json
 import time
-from pathlib import Path
 
 import lightning
 import torch
@@ -53,7 +51,7 @@ from tsimcne.imagedistortions import get_transforms_unnormalized
 from tsimcne.models.simclr_like import make_projection_head
 from tsimcne.tsimcne import PLtSimCNE
 
-from torch_reference import DEFAULTS, build_backbone, load_dataset
+from torch_reference import DEFAULTS, build_backbone, load_dataset, report
 
 
 class ViewPairs(torch.utils.data.Dataset):
@@ -189,10 +187,7 @@ def main():
         "knn_accuracy": None,
         "steps": n // args.batch_size,
     }
-    line = json.dumps(result)
-    print(line)
-    if args.json:
-        Path(args.json).write_text(line + "\n")
+    report(result, args.json)
 
 
 if __name__ == "__main__":

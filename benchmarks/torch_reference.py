@@ -458,6 +458,14 @@ def knn_accuracy(refs, ref_labels, queries, labels, k, leave_one_out):
 # --- the run ---------------------------------------------------------------------------------
 
 
+def report(result, json_path):
+    """Prints a benchmark's result as one JSON line, and writes it to `json_path` if given."""
+    line = json.dumps(result)
+    print(line)
+    if json_path:
+        Path(json_path).write_text(line + "\n")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--config", help="TOML config (defaults: the paper's recipe)")
@@ -577,10 +585,7 @@ def main():
         "knn_accuracy": accuracy,
         "steps": len(times),
     }
-    line = json.dumps(result)
-    print(line)
-    if args.json:
-        Path(args.json).write_text(line + "\n")
+    report(result, args.json)
 
 
 if __name__ == "__main__":

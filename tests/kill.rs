@@ -30,20 +30,13 @@ fn kill_rank_then_resume(rank: usize, after_checkpoints: usize) {
     let data = tmp.path().join("cifar");
     write_cifar10(&data, 40);
     let out = tmp.path().join("run");
-    let config = concat!(env!("CARGO_MANIFEST_DIR"), "/configs/exactness.toml");
-    let args = [
-        "train",
-        "--config",
-        config,
-        "--data",
-        data.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--set",
-        "model.backbone=tiny",
-        "--set",
-        "epochs=[20,2,4]",
-    ];
+    let args = train_args(
+        "exactness.toml",
+        &data,
+        &out,
+        &["model.backbone=tiny", "epochs=[20,2,4]"],
+    );
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut job = mpirun_command(2, &args)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())

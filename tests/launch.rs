@@ -77,25 +77,10 @@ fn the_printed_cpu_command_runs() {
     let data = tmp.path().join("cifar");
     write_cifar10(&data, 20);
     let out = tmp.path().join("run");
-    let config = concat!(env!("CARGO_MANIFEST_DIR"), "/configs/exactness.toml");
-    let cmd = dry_run(
-        &[
-            "--cpu",
-            "2",
-            "--dry-run",
-            "--",
-            "train",
-            "--config",
-            config,
-            "--data",
-            data.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-            "--set",
-            "max_steps=2",
-        ],
-        "2",
-    );
+    let train = train_args("exactness.toml", &data, &out, &["max_steps=2"]);
+    let mut args = vec!["--cpu", "2", "--dry-run", "--"];
+    args.extend(train.iter().map(String::as_str));
+    let cmd = dry_run(&args, "2");
     let run = Command::new("bash")
         .args(["-c", &cmd])
         .env("OMPI_ALLOW_RUN_AS_ROOT", "1")

@@ -101,21 +101,29 @@ pub fn run_alone(args: &[&str]) -> Run {
 
 /// `train` of `config` on `data` into `out` with `sets` overrides.
 pub fn train(ranks: usize, config: &str, data: &Path, out: &Path, sets: &[&str]) -> Run {
+    let args = train_args(config, data, out, sets);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    mpirun(ranks, &args)
+}
+
+/// `train --config configs/CONFIG --data DATA --out OUT --set S…` as arguments.
+pub fn train_args(config: &str, data: &Path, out: &Path, sets: &[&str]) -> Vec<String> {
     let root = env!("CARGO_MANIFEST_DIR");
-    let config = format!("{root}/configs/{config}");
-    let mut args = vec![
+    let mut args: Vec<String> = [
         "train",
         "--config",
-        &config,
+        &format!("{root}/configs/{config}"),
         "--data",
         data.to_str().unwrap(),
         "--out",
         out.to_str().unwrap(),
-    ];
+    ]
+    .map(String::from)
+    .to_vec();
     for s in sets {
-        args.extend(["--set", s]);
+        args.extend(["--set".to_owned(), s.to_string()]);
     }
-    mpirun(ranks, &args)
+    args
 }
 
 pub fn assert_ok(run: &Run) {
