@@ -10,6 +10,5 @@ cargo build --release --features cuda
 objcopy --strip-debug target/release/tsimcne-dist .gpu/tsimcne-dist
 (cd .gpu/debs && apt-get download openmpi-bin openmpi-common libopenmpi3 libevent-core-2.1-7 \
   libevent-pthreads-2.1-7 libfabric1 libhwloc15 libibverbs1 libnl-3-200 libnl-route-3-200 \
-  libpmix2 libpsm-infinipath1 libpsm2-2 libucx0 librdmacm1 libefa1 libltdl7 libnuma1 \
-  libxnvctl1 libmunge2 2>&1 | tail -1)
+  libpmix2 libpsm-infinipath1 libpsm2-2 libucx0 librdmacm1 libltdl7 libnuma1 2>&1 | tail -1)
 du -sh .gpu
