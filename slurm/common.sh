@@ -35,7 +35,10 @@ run_preemptible() {
 # The launcher of one rank per task: srun with PMIx, or mpirun inside the allocation.
 launcher() {
   case "${LAUNCHER:-srun}" in
-    srun) echo srun --mpi="${SRUN_MPI:-pmix}" --kill-on-bad-exit=1 ;;
+    # The task count from the job as it is now: a job requeued onto another size keeps its
+    # submission's SLURM_NTASKS in the environment, which srun would otherwise use.
+    srun) echo srun --mpi="${SRUN_MPI:-pmix}" --kill-on-bad-exit=1 \
+      --ntasks="$(scontrol show job "$SLURM_JOB_ID" | grep -o 'NumTasks=[0-9]*' | cut -d= -f2)" ;;
     mpirun)
       local root=(); [ "$(id -u)" -ne 0 ] || root=(--allow-run-as-root)
       echo mpirun --bind-to none "${root[@]}" -x OMP_NUM_THREADS ;;
