@@ -143,11 +143,32 @@ pub fn draw_pairs(
     out
 }
 
-/// Per-channel mean and standard deviation the views are normalised with.
-#[derive(Debug, Clone, PartialEq)]
+/// Per-channel mean and standard deviation the views are normalised with, kept on the device
+/// (made once, not copied there every step).
+#[derive(Debug)]
 pub struct Normalize {
-    pub mean: Vec<f64>,
-    pub std: Vec<f64>,
+    mean: Tensor,
+    std: Tensor,
+}
+
+impl Normalize {
+    pub fn new(mean: &[f64], std: &[f64], device: Device) -> Normalize {
+        let channel = |v: &[f64]| {
+            Tensor::from_slice(v)
+                .to_kind(Kind::Float)
+                .to(device)
+                .view([1, -1, 1, 1])
+        };
+        Normalize {
+            mean: channel(mean),
+            std: channel(std),
+        }
+    }
+
+    /// `(x − mean) / std` per channel, for float images N×C×H×W in [0, 1].
+    pub fn apply(&self, x: &Tensor) -> Tensor {
+        (x - &self.mean) / &self.std
+    }
 }
 
 /// Applies `params` to `images` (u8, N×C×H×W, on the device; row `j` of the output uses image
@@ -198,15 +219,7 @@ pub fn apply(images: &Tensor, params: &[ViewParams], norm: &Normalize) -> Tensor
         let to_gray = column(5 + 3 * SLOTS as i64).view([rows, 1, 1, 1]).gt(0.5);
         out = grayscale(&out).expand_as(&out).where_self(&to_gray, &out);
     }
-    let mean = Tensor::from_slice(&norm.mean)
-        .to_kind(Kind::Float)
-        .to(device)
-        .view([1, c, 1, 1]);
-    let std = Tensor::from_slice(&norm.std)
-        .to_kind(Kind::Float)
-        .to(device)
-        .view([1, c, 1, 1]);
-    (out - mean) / std
+    norm.apply(&out)
 }
 
 /// The parameters as one rows×P float tensor: the affine terms (scale x, shift x, scale y,
@@ -326,10 +339,7 @@ mod tests {
             hue: 0.0,
             gray: false,
         };
-        let unit = Normalize {
-            mean: vec![0.0; 3],
-            std: vec![1.0; 3],
-        };
+        let unit = Normalize::new(&[0.0; 3], &[1.0; 3], Device::Cpu);
         let out = apply(&images, &vec![id.clone(); 4], &unit);
         let x = images.to_kind(Kind::Float) / 255.0;
         assert!(f64::try_from((&out - &x).abs().max()).unwrap() < 1e-5);

@@ -154,7 +154,7 @@ pub fn prepare<'a>(
         data.channels as i64,
         (data.height as i64, data.width as i64),
     );
-    let norm = channel_stats(&data, n_train.min(NORM_SAMPLE));
+    let norm = channel_stats(&data, n_train.min(NORM_SAMPLE), device);
     let steps_per_epoch = shard::steps_per_epoch(n_train, cfg.batch_size);
     let resume_from = checkpoint::latest(&out.join("checkpoints"), &cfg)?;
     info!(
@@ -209,7 +209,7 @@ pub fn choose_device(choice: DeviceChoice, local_rank: usize) -> Result<Device, 
 }
 
 /// Per-channel mean and standard deviation of the first `n` training images.
-fn channel_stats(data: &Dataset, n: usize) -> Normalize {
+fn channel_stats(data: &Dataset, n: usize, device: Device) -> Normalize {
     let plane = data.height * data.width;
     let mut sum = vec![0f64; data.channels];
     let mut sq = vec![0f64; data.channels];
@@ -224,12 +224,12 @@ fn channel_stats(data: &Dataset, n: usize) -> Normalize {
     }
     let count = (n * plane).max(1) as f64;
     let mean: Vec<f64> = sum.iter().map(|s| s / count).collect();
-    let std = sq
+    let std: Vec<f64> = sq
         .iter()
         .zip(&mean)
         .map(|(q, m)| (q / count - m * m).max(1e-6).sqrt())
         .collect();
-    Normalize { mean, std }
+    Normalize::new(&mean, &std, device)
 }
 
 /// The phases a step's time is split into.
@@ -352,6 +352,20 @@ impl<'a> Trainer<'a> {
             t.shallow_clone().copy_(&mean);
         }
         Ok(())
+    }
+
+    /// The images at `indices` as one u8 N×C×H×W tensor on the rank's device.
+    fn images_on_device(&self, indices: &[usize]) -> Tensor {
+        let d = &self.data;
+        let shape = [
+            indices.len() as i64,
+            d.channels as i64,
+            d.height as i64,
+            d.width as i64,
+        ];
+        Tensor::from_slice(&d.gather(indices))
+            .view(shape)
+            .to(self.device)
     }
 
     /// The network up to the readout, under bf16 autocast if the config asks for it; the
@@ -500,14 +514,7 @@ impl<'a> Trainer<'a> {
         // Data: this rank's images of global batch `pos.batch`, and their views' parameters.
         let batch = shard::global_batch(order, self.cfg.batch_size, pos.batch);
         let mine = shard::rank_slice(batch, rank, world);
-        let bytes = self.data.gather(mine);
-        let shape = [
-            mine.len() as i64,
-            self.data.channels as i64,
-            self.data.height as i64,
-            self.data.width as i64,
-        ];
-        let images = Tensor::from_slice(&bytes).view(shape).to(self.device);
+        let images = self.images_on_device(mine);
         let params = augment::draw_pairs(
             self.cfg.seed,
             pos.stage,
@@ -707,30 +714,12 @@ impl<'a> Trainer<'a> {
         let start = (rank * share).min(n);
         let end = ((rank + 1) * share).min(n);
         let mut chunks = Vec::new();
-        let mean = Tensor::from_slice(&self.norm.mean)
-            .to_kind(Kind::Float)
-            .to(self.device)
-            .view([1, -1, 1, 1]);
-        let std = Tensor::from_slice(&self.norm.std)
-            .to_kind(Kind::Float)
-            .to(self.device)
-            .view([1, -1, 1, 1]);
         let mut i = start;
         while i < end {
             let j = (i + EMBED_CHUNK).min(end);
             let idx: Vec<usize> = (i..j).collect();
-            let shape = [
-                idx.len() as i64,
-                self.data.channels as i64,
-                self.data.height as i64,
-                self.data.width as i64,
-            ];
-            let x = Tensor::from_slice(&self.data.gather(&idx))
-                .view(shape)
-                .to(self.device)
-                .to_kind(Kind::Float)
-                / 255.0;
-            let hidden = self.trunk(&((x - &mean) / &std), false);
+            let x = self.images_on_device(&idx).to_kind(Kind::Float) / 255.0;
+            let hidden = self.trunk(&self.norm.apply(&x), false);
             chunks.push(self.net.readout(&hidden, Readout::Map));
             i = j;
         }
