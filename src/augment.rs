@@ -12,7 +12,7 @@ use rand_chacha::ChaCha8Rng;
 use tch::{Device, Kind, Tensor};
 
 use crate::config::AugmentConfig;
-use crate::data::shard::{epoch_rng, AUGMENT};
+use crate::rng::ViewStreams;
 
 /// Luminance weights, as torchvision's `rgb_to_grayscale`.
 const LUMA: [f64; 3] = [0.2989, 0.587, 0.114];
@@ -131,112 +131,83 @@ pub fn draw_pairs(
     cfg: &AugmentConfig,
     (height, width): (usize, usize),
 ) -> Vec<ViewParams> {
-    let base = epoch_rng(seed, stage, epoch, AUGMENT);
+    let streams = ViewStreams::new(seed, stage, epoch);
     let mut out = Vec::with_capacity(2 * indices.len());
     for view in 0..2u64 {
         for &i in indices {
-            let mut rng = base.clone();
-            rng.set_stream(2 * i as u64 + view);
-            out.push(draw_view(&mut rng, cfg, height, width));
+            out.push(draw_view(&mut streams.view(i, view), cfg, height, width));
         }
     }
     out
 }
 
-/// Per-channel mean and standard deviation the views are normalised with, kept on the device
-/// (made once, not copied there every step).
+/// The constants the views are made with, kept on the device (made once, not copied there
+/// every step): per-channel normalisation as one scale and shift, and the luminance weights.
 #[derive(Debug)]
 pub struct Normalize {
-    mean: Tensor,
-    std: Tensor,
+    scale: Tensor,
+    shift: Tensor,
+    luma: Tensor,
 }
 
 impl Normalize {
+    /// Normalisation by per-channel `mean` and `std` of pixels in [0, 1].
     pub fn new(mean: &[f64], std: &[f64], device: Device) -> Normalize {
-        let channel = |v: &[f64]| {
-            Tensor::from_slice(v)
+        let channel = |v: Vec<f64>| {
+            Tensor::from_slice(&v)
                 .to_kind(Kind::Float)
                 .to(device)
                 .view([1, -1, 1, 1])
         };
+        let scale: Vec<f64> = std.iter().map(|s| 1.0 / s).collect();
+        let shift = mean.iter().zip(std).map(|(m, s)| -m / s).collect();
         Normalize {
-            mean: channel(mean),
-            std: channel(std),
+            scale: channel(scale),
+            shift: channel(shift),
+            luma: channel(LUMA.to_vec()),
         }
     }
 
     /// `(x − mean) / std` per channel, for float images N×C×H×W in [0, 1].
     pub fn apply(&self, x: &Tensor) -> Tensor {
-        (x - &self.mean) / &self.std
+        self.shift.addcmul(x, &self.scale)
     }
-}
 
-/// Applies `params` to `images` (u8, N×C×H×W, on the device; row `j` of the output uses image
-/// `j % N`) and returns normalised float views, 2N×C×H×W for two views per image.
-pub fn apply(images: &Tensor, params: &[ViewParams], norm: &Normalize) -> Tensor {
-    let (n, c, h, w) = images.size4().unwrap_or((0, 0, 0, 0)); // ok: loader builds 4-D tensors
-    let rows = params.len() as i64;
-    let device = images.device();
-    let x = images.to_kind(Kind::Float) / 255.0;
-    let x = x.repeat([rows / n.max(1), 1, 1, 1]);
-    let table = param_table(params, w as f64, h as f64, device);
-    let column = |i: i64| table.select(1, i);
-
-    // Crop, resize and flip in one bilinear resampling.
-    let theta = Tensor::stack(
-        &[
-            column(0),
-            Tensor::zeros([rows], (Kind::Float, device)),
-            column(1),
-            Tensor::zeros([rows], (Kind::Float, device)),
-            column(2),
-            column(3),
-        ],
-        1,
-    )
-    .view([rows, 2, 3]);
-    let grid = Tensor::affine_grid_generator(&theta, [rows, c, h, w], false);
-    // padding mode 1: border (a crop never leaves the image, but bilinear taps at its edge may).
-    let mut out = x.grid_sampler(&grid, 0, 1, false);
-
-    // Colour jitter: seven blend/hue slots (see SLOTS).
-    for slot in 0..SLOTS as i64 {
-        if slot == HUE_SLOT as i64 {
-            if c == 3 {
-                out = adjust_hue(&out, &column(4));
-            }
-            continue;
+    /// Luminance N×1×H×W of RGB images (the images themselves when grey).
+    fn grayscale(&self, x: &Tensor) -> Tensor {
+        if x.size()[1] == 1 {
+            return x.shallow_clone();
         }
-        let f = column(5 + 3 * slot).view([rows, 1, 1, 1]);
-        let g = column(6 + 3 * slot).view([rows, 1, 1, 1]);
-        let sat = column(7 + 3 * slot).view([rows, 1, 1, 1]).gt(0.5);
-        let gray = grayscale(&out);
-        let mean = gray.mean_dim(&[1i64, 2, 3][..], true, Kind::Float);
-        let other = gray.where_self(&sat, &mean.expand_as(&gray));
-        out = (out * &f + other * &g).clamp(0.0, 1.0);
+        (x * &self.luma).sum_dim_intlist(1, true, Kind::Float)
     }
-    if c == 3 {
-        let to_gray = column(5 + 3 * SLOTS as i64).view([rows, 1, 1, 1]).gt(0.5);
-        out = grayscale(&out).expand_as(&out).where_self(&to_gray, &out);
-    }
-    norm.apply(&out)
 }
 
-/// The parameters as one rows×P float tensor: the affine terms (scale x, shift x, scale y,
-/// shift y), hue, then (f, g, saturate) per slot, then the greyscale flag. One host→device copy.
-fn param_table(params: &[ViewParams], width: f64, height: f64, device: Device) -> Tensor {
-    const COLS: usize = 5 + 3 * SLOTS + 1;
-    let mut flat = Vec::with_capacity(params.len() * COLS);
+/// Columns of the parameter table: the affine matrix's six entries (scale x, 0, shift x, 0,
+/// scale y, shift y), hue, (f, g, saturate) per jitter slot, and the greyscale flag.
+const THETA: i64 = 6;
+const HUE_COL: i64 = THETA;
+const SLOT_COLS: i64 = HUE_COL + 1;
+const GRAY_COL: i64 = SLOT_COLS + 3 * SLOTS as i64;
+pub const COLUMNS: usize = GRAY_COL as usize + 1;
+
+/// The parameters of `params` as one rows × [`COLUMNS`] table, on the host (it reaches the
+/// device in one copy).
+pub fn param_table(params: &[ViewParams], (height, width): (usize, usize)) -> Vec<f32> {
+    let (width, height) = (width as f64, height as f64);
+    let mut flat = Vec::with_capacity(params.len() * COLUMNS);
     for p in params {
         let [cx, cy, w, h] = p.crop;
         let sign = if p.flip { -1.0 } else { 1.0 };
-        flat.extend_from_slice(&[
-            (w / width * sign) as f32,
-            (2.0 * cx / width - 1.0) as f32,
-            (h / height) as f32,
-            (2.0 * cy / height - 1.0) as f32,
-            p.hue as f32,
-        ]);
+        let theta = [
+            w / width * sign,
+            0.0,
+            2.0 * cx / width - 1.0,
+            0.0,
+            h / height,
+            2.0 * cy / height - 1.0,
+        ];
+        flat.extend(theta.iter().map(|&v| v as f32));
+        flat.push(p.hue as f32);
         for s in 0..SLOTS {
             flat.extend_from_slice(&[
                 p.scale[s] as f32,
@@ -246,18 +217,50 @@ fn param_table(params: &[ViewParams], width: f64, height: f64, device: Device) -
         }
         flat.push(f32::from(u8::from(p.gray)));
     }
-    Tensor::from_slice(&flat)
-        .view([params.len() as i64, COLS as i64])
-        .to(device)
+    flat
 }
 
-/// Luminance N×1×H×W of RGB images (the images themselves when grey).
-fn grayscale(x: &Tensor) -> Tensor {
-    if x.size()[1] == 1 {
-        return x.shallow_clone();
+/// Applies the parameter `table` (rows × [`COLUMNS`], float, on the device) to `images` (u8,
+/// N×C×H×W, on the device; row `j` of the output uses image `j % N`) and returns normalised
+/// float views, 2N×C×H×W for two views per image.
+pub fn apply(images: &Tensor, table: &Tensor, norm: &Normalize) -> Tensor {
+    let (n, c, h, w) = images.size4().unwrap_or((0, 0, 0, 0)); // ok: loader builds 4-D tensors
+    let rows = table.size()[0];
+    let x = (images.to_kind(Kind::Float) / 255.0).repeat([rows / n.max(1), 1, 1, 1]);
+    // Every column as rows×1×1×1, broadcasting over an image; flags compared once.
+    let columns = table.view([rows, COLUMNS as i64, 1, 1]);
+    let flags = columns.gt(0.5);
+    let column = |i: i64| columns.narrow(1, i, 1);
+
+    // Crop, resize and flip in one bilinear resampling.
+    let theta = table.narrow(1, 0, THETA).reshape([rows, 2, 3]);
+    let grid = Tensor::affine_grid_generator(&theta, [rows, c, h, w], false);
+    // padding mode 1: border (a crop never leaves the image, but bilinear taps at its edge may).
+    let mut out = x.grid_sampler(&grid, 0, 1, false);
+
+    // Colour jitter: seven blend/hue slots (see SLOTS).
+    for slot in 0..SLOTS as i64 {
+        if slot == HUE_SLOT as i64 {
+            if c == 3 {
+                out = adjust_hue(&out, &table.select(1, HUE_COL));
+            }
+            continue;
+        }
+        let at = SLOT_COLS + 3 * slot;
+        let gray = norm.grayscale(&out);
+        let mean = gray.mean_dim(&[1i64, 2, 3][..], true, Kind::Float);
+        let other = gray.where_self(&flags.narrow(1, at + 2, 1), &mean);
+        out = (out * column(at))
+            .addcmul_(&other, &column(at + 1))
+            .clamp_(0.0, 1.0);
     }
-    let ch = x.unbind(1);
-    (&ch[0] * LUMA[0] + &ch[1] * LUMA[1] + &ch[2] * LUMA[2]).unsqueeze(1)
+    if c == 3 {
+        out = norm
+            .grayscale(&out)
+            .expand_as(&out)
+            .where_self(&flags.narrow(1, GRAY_COL, 1), &out);
+    }
+    norm.apply(&out)
 }
 
 /// Rotates each image's hue by `shift` turns (an HSV round trip, as torchvision's adjust_hue).
@@ -289,6 +292,14 @@ mod tests {
 
     fn cfg() -> AugmentConfig {
         AugmentConfig::default()
+    }
+
+    /// `apply` with the table made from `params`, as a step makes it.
+    fn apply_params(images: &Tensor, params: &[ViewParams], norm: &Normalize) -> Tensor {
+        let (_, _, h, w) = images.size4().unwrap();
+        let table = Tensor::from_slice(&param_table(params, (h as usize, w as usize)))
+            .view([params.len() as i64, COLUMNS as i64]);
+        apply(images, &table, norm)
     }
 
     #[test]
@@ -340,11 +351,11 @@ mod tests {
             gray: false,
         };
         let unit = Normalize::new(&[0.0; 3], &[1.0; 3], Device::Cpu);
-        let out = apply(&images, &vec![id.clone(); 4], &unit);
+        let out = apply_params(&images, &vec![id.clone(); 4], &unit);
         let x = images.to_kind(Kind::Float) / 255.0;
         assert!(f64::try_from((&out - &x).abs().max()).unwrap() < 1e-5);
         // A flip mirrors the columns exactly.
-        let flipped = apply(
+        let flipped = apply_params(
             &images,
             &vec![
                 ViewParams {
@@ -357,7 +368,7 @@ mod tests {
         );
         assert!(f64::try_from((&flipped - x.flip([3])).abs().max()).unwrap() < 1e-5);
         // A hue shift of a whole turn is the identity, half a turn is not.
-        let whole = apply(
+        let whole = apply_params(
             &images,
             &vec![
                 ViewParams {
@@ -386,7 +397,7 @@ mod tests {
             },
             (8, 8),
         );
-        let out = apply(&images, &params, &unit);
+        let out = apply_params(&images, &params, &unit);
         assert_eq!(out.size(), [8, 3, 8, 8]);
         assert!(
             f64::try_from(out.min()).unwrap() >= 0.0 && f64::try_from(out.max()).unwrap() <= 1.0

@@ -10,9 +10,10 @@
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use tch::Tensor;
+use tch::{nn, Tensor};
 
 use crate::config::Config;
+use crate::optim::FlatParams;
 use crate::outputs::{sync_dir, write_atomic_bytes, OutputError};
 use crate::schedule::Position;
 
@@ -20,6 +21,8 @@ use crate::schedule::Position;
 const KEEP_NEWEST: usize = 2;
 const STATE: &str = "state.safetensors";
 const META: &str = "meta.json";
+/// Prefix of the optimizer's tensors in the state file; the model's variables have none.
+const OPTIM: &str = "optim.";
 
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
@@ -69,8 +72,59 @@ impl Checkpoint {
     }
 }
 
+/// Writes a checkpoint of the model (every variable of `vs`, batch-norm statistics too) and the
+/// optimizer's momentum at `meta.position` under `root`, and prunes old ones.
+pub fn save_state(
+    root: &Path,
+    meta: Meta,
+    vs: &nn::VarStore,
+    opt: &FlatParams,
+) -> Result<PathBuf, CheckpointError> {
+    let mut tensors: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+    tensors.extend(
+        opt.momentum()
+            .into_iter()
+            .map(|(n, t)| (format!("{OPTIM}{n}"), t)),
+    );
+    tensors.sort_by(|a, b| a.0.cmp(&b.0));
+    save(root, meta, &tensors)
+}
+
+/// Copies a checkpoint's tensors into the model and the optimizer. Momentum buffers a
+/// checkpoint lacks stay zero: a buffer that starts at zero takes its first step's update, as
+/// one that did not exist yet.
+pub fn restore(
+    ck: &Checkpoint,
+    vs: &nn::VarStore,
+    opt: &FlatParams,
+) -> Result<(), CheckpointError> {
+    let mut vars = vs.variables();
+    let mut momentum: std::collections::HashMap<String, Tensor> =
+        opt.momentum().into_iter().collect();
+    let _guard = tch::no_grad_guard();
+    for (name, t) in ck.tensors()? {
+        let target = match name.strip_prefix(OPTIM) {
+            Some(buf) => momentum.get_mut(buf),
+            None => vars.get_mut(&name),
+        };
+        let Some(target) = target else { continue };
+        if target.size() != t.size() {
+            return Err(CheckpointError::Read {
+                path: ck.dir.clone(),
+                message: format!(
+                    "{name} has shape {:?}, the model {:?}",
+                    t.size(),
+                    target.size()
+                ),
+            });
+        }
+        target.copy_(&t);
+    }
+    Ok(())
+}
+
 /// Writes a checkpoint of `tensors` at `meta.position` under `root` and prunes old ones.
-pub fn save(
+fn save(
     root: &Path,
     mut meta: Meta,
     tensors: &[(String, Tensor)],
@@ -158,6 +212,7 @@ fn check_compatible(ck: &Checkpoint, now: &Config) -> Result<(), CheckpointError
         c.threads = 0;
         c.checkpoint_every = 1;
         c.device = crate::config::DeviceChoice::Auto;
+        c.phase_timing = false;
         serde_json::to_value(c).unwrap_or_default()
     };
     let (was, now_v) = (norm(&ck.meta.config), norm(now));

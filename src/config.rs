@@ -196,6 +196,10 @@ pub struct Config {
     pub precision: Precision,
     /// Neighbours for the kNN accuracy of the map.
     pub knn_k: usize,
+    /// Split each step's time into data, compute, wait and communication in the step log.
+    /// Costs a barrier before each collective and, on a GPU, a device synchronisation at each
+    /// phase's end; off, a step's wall time alone is logged and nothing waits.
+    pub phase_timing: bool,
     pub model: ModelConfig,
     pub optim: OptimConfig,
     pub augment: AugmentConfig,
@@ -215,6 +219,7 @@ impl Default for Config {
             device: DeviceChoice::Auto,
             precision: Precision::Fp32,
             knn_k: 15,
+            phase_timing: false,
             model: ModelConfig::default(),
             optim: OptimConfig::default(),
             augment: AugmentConfig::default(),

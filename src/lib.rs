@@ -1,6 +1,7 @@
 //! tsimcne-dist: t-SimCNE (Böhm, Berens & Kobak, ICLR 2023) trained on many devices at once,
 //! one MPI rank per device, with the contrastive loss over the global batch.
 pub mod augment;
+pub mod batches;
 pub mod checkpoint;
 pub mod config;
 pub mod data;
@@ -12,5 +13,6 @@ pub mod optim;
 pub mod outputs;
 pub mod plot;
 pub mod precision;
+pub mod rng;
 pub mod schedule;
 pub mod train;

@@ -16,6 +16,17 @@ pub struct Rows {
     pub total: i64,
 }
 
+impl Rows {
+    /// The rows of rank `rank` of `world`, each rank holding `local` rows.
+    pub fn of_rank(rank: usize, world: usize, local: i64) -> Rows {
+        Rows {
+            offset: rank as i64 * local,
+            local,
+            total: local * world as i64,
+        }
+    }
+}
+
 /// This rank's part of the global loss, a scalar differentiable with respect to `all`.
 pub fn cauchy_infonce_part(all: &Tensor, rows: Rows) -> Tensor {
     let Rows {

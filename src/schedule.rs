@@ -42,6 +42,18 @@ pub fn trains(stage: usize, name: &str) -> bool {
     }
 }
 
+/// Where a variable sits in the optimizer's flat buffers: stage 1's readout first, then the
+/// trunk, then the map's readout, so that what each stage trains is one contiguous span
+/// (stage 1: groups 0–1, stage 2: group 2, stage 3: groups 1–2).
+pub fn layout_group(name: &str) -> u8 {
+    match (trains(0, name), trains(1, name), trains(2, name)) {
+        (true, _, false) => 0,
+        (true, _, true) => 1,
+        (false, _, true) => 2,
+        _ => 3,
+    }
+}
+
 /// A place in the schedule: the next step to run is batch `batch` of `epoch` of `stage`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Position {
@@ -164,5 +176,27 @@ mod tests {
                 && !trains(2, "pretrain_out.bias")
         );
         assert!(!trains(2, "backbones.x"), "prefixes match whole names");
+    }
+
+    #[test]
+    fn the_layout_makes_each_stage_one_run() {
+        let mut names = [
+            "map_out.weight",
+            "backbone.stem.conv.weight",
+            "pretrain_out.bias",
+            "hidden.weight",
+            "map_out.bias",
+            "pretrain_out.weight",
+        ];
+        names.sort_by_key(|n| (layout_group(n), *n));
+        for stage in 0..3 {
+            let marks: Vec<bool> = names.iter().map(|n| trains(stage, n)).collect();
+            let first = marks.iter().position(|&m| m).unwrap();
+            let last = marks.iter().rposition(|&m| m).unwrap();
+            assert!(
+                marks[first..=last].iter().all(|&m| m),
+                "stage {stage}: {names:?}"
+            );
+        }
     }
 }

@@ -20,6 +20,7 @@ fn a_finished_run_writes_its_outputs_and_learns_the_classes() {
             "model.norm=batch",
             "epochs=[6,2,2]",
             "optim.lr=0.12",
+            "phase_timing=true",
         ],
     );
     assert_ok(&run);

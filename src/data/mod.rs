@@ -174,9 +174,28 @@ impl Dataset {
         }
     }
 
-    /// Classes present: one more than the largest label.
-    pub fn n_classes(&self) -> usize {
-        self.labels.iter().max().map_or(0, |&m| m as usize + 1)
+    /// Per-channel mean and standard deviation of the pixels (in [0, 1]) of the first `n` images.
+    pub fn channel_stats(&self, n: usize) -> (Vec<f64>, Vec<f64>) {
+        let plane = self.height * self.width;
+        let mut sum = vec![0f64; self.channels];
+        let mut sq = vec![0f64; self.channels];
+        for i in 0..n {
+            for (c, px) in self.image(i).chunks(plane).enumerate() {
+                for &v in px {
+                    let v = f64::from(v) / 255.0;
+                    sum[c] += v;
+                    sq[c] += v * v;
+                }
+            }
+        }
+        let count = (n * plane).max(1) as f64;
+        let mean: Vec<f64> = sum.iter().map(|s| s / count).collect();
+        let std = sq
+            .iter()
+            .zip(&mean)
+            .map(|(q, m)| (q / count - m * m).max(1e-6).sqrt())
+            .collect();
+        (mean, std)
     }
 
     /// Image `index` (C×H×W bytes, channel-major).
@@ -190,13 +209,20 @@ impl Dataset {
         &part.bytes[start..start + self.image_len()]
     }
 
-    /// The images at `indices`, packed one after the other (N×C×H×W bytes).
-    pub fn gather(&self, indices: &[usize]) -> Vec<u8> {
-        let mut out = Vec::with_capacity(indices.len() * self.image_len());
-        for &i in indices {
-            out.extend_from_slice(self.image(i));
+    /// The images at `indices` as one u8 N×C×H×W tensor on the CPU.
+    pub fn gather(&self, indices: impl ExactSizeIterator<Item = usize>) -> tch::Tensor {
+        let n = indices.len() as i64;
+        let mut bytes = Vec::with_capacity(indices.len() * self.image_len());
+        for i in indices {
+            bytes.extend_from_slice(self.image(i));
         }
-        out
+        let shape = [
+            n,
+            self.channels as i64,
+            self.height as i64,
+            self.width as i64,
+        ];
+        tch::Tensor::from_slice(&bytes).view(shape)
     }
 }
 

@@ -27,12 +27,12 @@ pub trait Collectives {
     fn local(&self) -> (usize, usize);
     /// Every rank's `t` (same shape everywhere) stacked along dimension 0 in rank order.
     fn all_gather(&self, t: &Tensor) -> Result<Tensor, DistError>;
-    /// The element-wise sum of every rank's `t`.
-    fn all_reduce_sum(&self, t: &Tensor) -> Result<Tensor, DistError>;
+    /// Replaces `t` (contiguous float32) by the element-wise sum of every rank's `t`, in place:
+    /// the gradients are reduced where the backward pass wrote them.
+    fn all_reduce_sum_(&self, t: &Tensor) -> Result<(), DistError>;
     /// This rank's block of the element-wise sum of every rank's `t`: dimension 0 split into
     /// `world` equal blocks, rank r receiving block r (half an all-reduce's traffic).
     fn reduce_scatter_sum(&self, t: &Tensor) -> Result<Tensor, DistError>;
-    fn sum_host(&self, values: &[f64]) -> Vec<f64>;
     fn max_host(&self, values: &[f64]) -> Vec<f64>;
     /// Rank 0's `bytes` on every rank.
     fn broadcast_host(&self, bytes: &mut [u8]);

@@ -28,12 +28,6 @@ impl MpiCollectives {
             local,
         })
     }
-
-    fn reduce_host(&self, values: &[f64], op: SystemOperation) -> Vec<f64> {
-        let mut out = vec![0.0; values.len()];
-        self.world.all_reduce_into(values, &mut out[..], op);
-        out
-    }
 }
 
 /// A tensor's elements as host f32 values (the wire format of the MPI path).
@@ -71,18 +65,19 @@ impl Collectives for MpiCollectives {
             .to(t.device()))
     }
 
-    fn all_reduce_sum(&self, t: &Tensor) -> Result<Tensor, DistError> {
+    fn all_reduce_sum_(&self, t: &Tensor) -> Result<(), DistError> {
         if self.world() == 1 {
-            return Ok(t.shallow_clone());
+            return Ok(());
         }
         let send = host_f32(t)?;
         let mut recv = vec![0f32; send.len()];
         self.world
             .all_reduce_into(&send[..], &mut recv[..], SystemOperation::sum());
-        Ok(Tensor::from_slice(&recv)
-            .view(&t.size()[..])
-            .to_kind(t.kind())
-            .to(t.device()))
+        tch::no_grad(|| {
+            t.shallow_clone()
+                .copy_(&Tensor::from_slice(&recv).view(&t.size()[..]))
+        });
+        Ok(())
     }
 
     fn reduce_scatter_sum(&self, t: &Tensor) -> Result<Tensor, DistError> {
@@ -101,12 +96,11 @@ impl Collectives for MpiCollectives {
             .to(t.device()))
     }
 
-    fn sum_host(&self, values: &[f64]) -> Vec<f64> {
-        self.reduce_host(values, SystemOperation::sum())
-    }
-
     fn max_host(&self, values: &[f64]) -> Vec<f64> {
-        self.reduce_host(values, SystemOperation::max())
+        let mut out = vec![0.0; values.len()];
+        self.world
+            .all_reduce_into(values, &mut out[..], SystemOperation::max());
+        out
     }
 
     fn broadcast_host(&self, bytes: &mut [u8]) {

@@ -103,15 +103,20 @@ impl Collectives for NcclCollectives {
         Ok(recv.to_kind(t.kind()))
     }
 
-    fn all_reduce_sum(&self, t: &Tensor) -> Result<Tensor, DistError> {
-        let send = device_f32(t);
-        let recv = send.empty_like();
-        // SAFETY: as in all_gather; send and recv have the same size.
+    fn all_reduce_sum_(&self, t: &Tensor) -> Result<(), DistError> {
+        if t.kind() != Kind::Float || !t.is_contiguous() {
+            return Err(DistError::Collective(
+                "all_reduce_sum_ takes a contiguous float32 tensor".into(),
+            ));
+        }
+        // SAFETY: `t` is contiguous float32 device memory that the caller keeps alive; NCCL
+        // reduces in place when the send and receive buffers are the same, and later torch
+        // kernels on the same null stream are ordered after it.
         unsafe {
             result::all_reduce(
-                send.data_ptr() as *const c_void,
-                recv.data_ptr(),
-                send.numel(),
+                t.data_ptr() as *const c_void,
+                t.data_ptr(),
+                t.numel(),
                 sys::ncclDataType_t::ncclFloat32,
                 sys::ncclRedOp_t::ncclSum,
                 self.comm,
@@ -119,7 +124,7 @@ impl Collectives for NcclCollectives {
             )
         }
         .map_err(|e| nccl_error("all_reduce", e))?;
-        Ok(recv.to_kind(t.kind()))
+        Ok(())
     }
 
     fn reduce_scatter_sum(&self, t: &Tensor) -> Result<Tensor, DistError> {
@@ -141,10 +146,6 @@ impl Collectives for NcclCollectives {
         }
         .map_err(|e| nccl_error("reduce_scatter", e))?;
         Ok(recv.to_kind(t.kind()))
-    }
-
-    fn sum_host(&self, values: &[f64]) -> Vec<f64> {
-        self.host.sum_host(values)
     }
 
     fn max_host(&self, values: &[f64]) -> Vec<f64> {

@@ -1,5 +1,8 @@
 //! What rank 0 writes into the run folder, each file atomically: `config.toml`,
-//! `train-log.jsonl`, `embedding.npy`, `embedding.csv`, `metrics.json` and `map.png`.
+//! `train-log.jsonl`, and at the end the report ([`report`]): `embedding.npy`, `embedding.csv`,
+//! `metrics.json` and `map.png`.
+
+pub mod report;
 
 use std::fs::File;
 use std::io::Write;
@@ -14,6 +17,8 @@ pub enum OutputError {
     },
     #[error("cannot draw {path}: {message}")]
     Plot { path: PathBuf, message: String },
+    #[error("torch: {0}")]
+    Tensor(#[from] tch::TchError),
 }
 
 pub(crate) fn write_error(path: &Path) -> impl FnOnce(std::io::Error) -> OutputError + '_ {
@@ -64,9 +69,16 @@ pub struct StepRecord {
     pub loss: f64,
     pub lr: f64,
     pub images_per_s: f64,
-    /// Seconds this step spent reading and moving images, in the network and loss, waiting for
-    /// the slowest rank to reach the collectives, and in the collectives themselves (the
-    /// slowest rank's figure for each).
+    /// With `phase_timing`: seconds this step spent reading, moving and augmenting images, in
+    /// the network, loss and update, waiting for the slowest rank to reach the collectives, and
+    /// in the collectives themselves (the slowest rank's figure for each).
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub phases: Option<Phases>,
+}
+
+/// Seconds of one step by phase.
+#[derive(Debug, Default, Clone, Copy, serde::Serialize, serde::Deserialize)]
+pub struct Phases {
     pub data_s: f64,
     pub compute_s: f64,
     pub wait_s: f64,
@@ -172,10 +184,7 @@ mod tests {
             loss: 1.0,
             lr: 0.1,
             images_per_s: 1.0,
-            data_s: 0.0,
-            compute_s: 0.0,
-            wait_s: 0.0,
-            comm_s: 0.0,
+            phases: (step % 2 == 0).then_some(Phases::default()),
         };
         let mut log = TrainLog::open(&path, 0).unwrap();
         for s in 0..5 {
