@@ -6,8 +6,9 @@ use common::*;
 use std::path::Path;
 
 /// Runs `args` on two ranks and checks the one-line, non-zero outcome; returns the line.
-fn refuses(args: &[&str], expect: &str) -> String {
-    let run = mpirun(2, args);
+fn refuses<S: AsRef<str>>(args: &[S], expect: &str) -> String {
+    let args: Vec<&str> = args.iter().map(AsRef::as_ref).collect();
+    let run = mpirun(2, &args);
     assert_ne!(run.code, 0, "{args:?} succeeded:\n{}", run.stderr);
     let ours: Vec<&str> = run
         .stderr
@@ -33,26 +34,16 @@ fn refuses(args: &[&str], expect: &str) -> String {
     ours[0].to_owned()
 }
 
-fn train_args<'a>(data: &'a str, out: &'a str, sets: &[&'a str]) -> Vec<&'a str> {
-    let mut a = vec![
-        "train",
-        "--data",
-        data,
-        "--out",
-        out,
-        "--set",
+/// A small run of the built-in config on `data` into `out`, with `sets` on top.
+fn small_run(data: &str, out: &str, sets: &[&str]) -> Vec<String> {
+    let base = [
         "model.backbone=tiny",
-        "--set",
         "batch_size=16",
-        "--set",
         "epochs=[1,1,1]",
-        "--set",
         "optim.warmup_epochs=[0,0,0]",
     ];
-    for s in sets {
-        a.extend(["--set", s]);
-    }
-    a
+    let sets: Vec<&str> = base.iter().chain(sets).copied().collect();
+    train_args(None, Path::new(data), Path::new(out), &sets)
 }
 
 fn write(path: &Path, bytes: &[u8]) {
@@ -137,77 +128,71 @@ fn bad_inputs_each_give_one_line_and_a_non_zero_exit() {
         "type.toml",
     );
     refuses(
-        &train_args(&good, &out, &["batch_size=33"]),
+        &small_run(&good, &out, &["batch_size=33"]),
         "not divisible by the 2 ranks",
     );
     refuses(
-        &train_args(&good, &out, &["epochs=[0,1,1]"]),
+        &small_run(&good, &out, &["epochs=[0,1,1]"]),
         "epochs[0] = 0",
     );
     refuses(
-        &train_args(&good, &out, &["batch_size"]),
+        &small_run(&good, &out, &["batch_size"]),
         "expected key=value",
     );
-    refuses(&train_args(&good, &out, &["model.depth=3"]), "depth");
-    refuses(&train_args(&good, &out, &["optim.lr=-1"]), "optim.lr");
-    refuses(&train_args(&good, &out, &["model.backbone=vgg"]), "vgg");
+    refuses(&small_run(&good, &out, &["model.depth=3"]), "depth");
+    refuses(&small_run(&good, &out, &["optim.lr=-1"]), "optim.lr");
+    refuses(&small_run(&good, &out, &["model.backbone=vgg"]), "vgg");
     refuses(
-        &train_args(&good, &out, &["augment.flip_p=2"]),
+        &small_run(&good, &out, &["augment.flip_p=2"]),
         "augment.flip_p",
     );
     refuses(
-        &train_args(&good, &out, &["optim.warmup_epochs=[5,0,0]"]),
+        &small_run(&good, &out, &["optim.warmup_epochs=[5,0,0]"]),
         "warmup_epochs[0]",
     );
-    refuses(&train_args(&good, &out, &["device=cuda"]), "no GPU");
+    refuses(&small_run(&good, &out, &["device=cuda"]), "no GPU");
     refuses(
-        &train_args(&good, &out, &["batch_size=1000"]),
+        &small_run(&good, &out, &["batch_size=1000"]),
         "larger than the 100 training images",
     );
 
     // Data.
-    refuses(&train_args(&t("missing"), &out, &[]), "does not exist");
+    refuses(&small_run(&t("missing"), &out, &[]), "does not exist");
     std::fs::create_dir_all(t("empty")).unwrap();
-    refuses(&train_args(&t("empty"), &out, &[]), "found neither");
+    refuses(&small_run(&t("empty"), &out, &[]), "found neither");
     let truncated = t("truncated");
     write_cifar10(Path::new(&truncated), 20);
     let b3 = Path::new(&truncated).join("data_batch_3.bin");
     let bytes = std::fs::read(&b3).unwrap();
     std::fs::write(&b3, &bytes[..bytes.len() - 100]).unwrap();
-    refuses(&train_args(&truncated, &out, &[]), "data_batch_3.bin");
+    refuses(&small_run(&truncated, &out, &[]), "data_batch_3.bin");
     let partial = t("partial");
     write_cifar10(Path::new(&partial), 20);
     std::fs::remove_file(Path::new(&partial).join("data_batch_5.bin")).unwrap();
-    refuses(
-        &train_args(&partial, &out, &[]),
-        "data_batch_5.bin: missing",
-    );
+    refuses(&small_run(&partial, &out, &[]), "data_batch_5.bin: missing");
     let labels = t("labels");
     write_cifar10(Path::new(&labels), 20);
     let b1 = Path::new(&labels).join("data_batch_1.bin");
     let mut bytes = std::fs::read(&b1).unwrap();
     bytes[3073] = 42;
     std::fs::write(&b1, bytes).unwrap();
-    refuses(&train_args(&labels, &out, &[]), "record 1 has label 42");
+    refuses(&small_run(&labels, &out, &[]), "record 1 has label 42");
     write_idx(Path::new(&t("magic")), 10, 9, 0, 10);
-    refuses(&train_args(&t("magic"), &out, &[]), "not an IDX file");
+    refuses(&small_run(&t("magic"), &out, &[]), "not an IDX file");
     write_idx(Path::new(&t("short")), 10, 3, 16, 10);
     refuses(
-        &train_args(&t("short"), &out, &[]),
+        &small_run(&t("short"), &out, &[]),
         "header says 10 images but the file holds 9",
     );
     write_idx(Path::new(&t("count")), 10, 3, 0, 8);
-    refuses(
-        &train_args(&t("count"), &out, &[]),
-        "8 labels for 10 images",
-    );
+    refuses(&small_run(&t("count"), &out, &[]), "8 labels for 10 images");
     write_idx(Path::new(&t("gz")), 10, 3, 0, 10);
     std::fs::remove_file(Path::new(&t("gz")).join("train-images-idx3-ubyte")).unwrap();
     write(
         &Path::new(&t("gz")).join("train-images-idx3-ubyte.gz"),
         b"not gzip at all",
     );
-    refuses(&train_args(&t("gz"), &out, &[]), "not a readable gzip file");
+    refuses(&small_run(&t("gz"), &out, &[]), "not a readable gzip file");
 
     // Flags.
     refuses(
@@ -219,10 +204,7 @@ fn bad_inputs_each_give_one_line_and_a_non_zero_exit() {
     // Output folders.
     let file = t("a-file");
     std::fs::write(&file, b"keep me").unwrap();
-    refuses(
-        &train_args(&good, &file, &[]),
-        "cannot create output folder",
-    );
+    refuses(&small_run(&good, &file, &[]), "cannot create output folder");
     assert_eq!(std::fs::read(&file).unwrap(), b"keep me");
 }
 
@@ -233,11 +215,11 @@ fn a_run_folder_of_another_config_is_refused_and_left_as_it_was() {
     write_cifar10(&data, 20);
     let out = tmp.path().join("run");
     let (d, o) = (data.to_str().unwrap(), out.to_str().unwrap());
-    assert_ok(&mpirun(2, &train_args(d, o, &["max_steps=2"])));
+    assert_ok(&mpirun(2, &strs(&small_run(d, o, &["max_steps=2"]))));
     let ck = newest_checkpoint(&out);
     let before = std::fs::read(ck.join("state.safetensors")).unwrap();
     let line = refuses(
-        &train_args(d, o, &["max_steps=4", "seed=9"]),
+        &small_run(d, o, &["max_steps=4", "seed=9"]),
         "seed differs: 0 there, 9 now",
     );
     assert!(line.contains("choose a new --out"), "{line}");
@@ -254,7 +236,7 @@ fn a_diverging_loss_stops_every_rank_and_keeps_the_last_good_checkpoint() {
     let (d, o) = (data.to_str().unwrap(), out.to_str().unwrap());
     // Stage 1 ends with a checkpoint; stage 2's rate then throws the map layer to infinity.
     let line = refuses(
-        &train_args(
+        &small_run(
             d,
             o,
             &["optim.stage_lr_factor=[1.0,1e20,1.0]", "optim.clip_value=0"],

@@ -4,7 +4,7 @@
 mod common;
 use common::*;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// The pid of the tsimcne-dist process that is `rank` of the job writing to `out`.
 fn rank_pid(out: &Path, rank: usize) -> Option<i32> {
@@ -31,37 +31,31 @@ fn kill_rank_then_resume(rank: usize, after_checkpoints: usize) {
     write_cifar10(&data, 40);
     let out = tmp.path().join("run");
     let args = train_args(
-        "exactness.toml",
+        Some("exactness.toml"),
         &data,
         &out,
         &["model.backbone=tiny", "epochs=[20,2,4]"],
     );
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let args = strs(&args);
     let mut job = mpirun_command(2, &args)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let start = Instant::now();
-    let count = || std::fs::read_dir(out.join("checkpoints")).map_or(0, |d| d.flatten().count());
-    while count() < after_checkpoints {
-        assert!(
-            start.elapsed() < Duration::from_secs(120),
-            "no checkpoints appeared"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    // Folders, half-written ones too: the newest two are kept, so a third means one is being
+    // written now.
+    let folders = || std::fs::read_dir(out.join("checkpoints")).map_or(0, |d| d.flatten().count());
+    wait_for("the checkpoints", Duration::from_secs(120), || {
+        folders() >= after_checkpoints
+    });
     let pid = rank_pid(&out, rank).expect("the rank's process");
     // SAFETY: a plain syscall on a process of this test's own job.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
-    let killed = Instant::now();
-    while job.try_wait().unwrap().is_none() {
-        assert!(
-            killed.elapsed() < Duration::from_secs(30),
-            "the other rank hangs after rank {rank} died"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for(
+        &format!("the other rank to end after rank {rank} died"),
+        Duration::from_secs(30),
+        || job.try_wait().unwrap().is_some(),
+    );
     assert!(!out.join("embedding.npy").exists(), "killed before the end");
 
     // Every complete-looking checkpoint reads back; resuming continues from the newest.

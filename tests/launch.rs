@@ -77,7 +77,7 @@ fn the_printed_cpu_command_runs() {
     let data = tmp.path().join("cifar");
     write_cifar10(&data, 20);
     let out = tmp.path().join("run");
-    let train = train_args("exactness.toml", &data, &out, &["max_steps=2"]);
+    let train = train_args(Some("exactness.toml"), &data, &out, &["max_steps=2"]);
     let mut args = vec!["--cpu", "2", "--dry-run", "--"];
     args.extend(train.iter().map(String::as_str));
     let cmd = dry_run(&args, "2");

@@ -5,42 +5,12 @@ mod common;
 use common::*;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-fn steps_done(out: &Path) -> u64 {
-    std::fs::read_dir(out.join("checkpoints"))
-        .map(|d| {
-            d.flatten()
-                .filter_map(|e| {
-                    e.file_name()
-                        .to_string_lossy()
-                        .strip_prefix("step-")?
-                        .parse()
-                        .ok()
-                })
-                .max()
-                .unwrap_or(0)
-        })
-        .unwrap_or(0)
-}
-
-fn args<'a>(data: &'a str, out: &'a str, sets: &[&'a str]) -> Vec<&'a str> {
-    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/configs/exactness.toml");
-    let mut a = vec![
-        "train",
-        "--config",
-        root,
-        "--data",
-        data,
-        "--out",
-        out,
-        "--set",
-        "epochs=[3,1,2]",
-    ];
-    for s in sets {
-        a.extend(["--set", s]);
-    }
-    a
+/// This file's runs: configs/exactness.toml for 36 steps, on `data` into `out`.
+fn args(data: &Path, out: &Path, sets: &[&str]) -> Vec<String> {
+    let sets: Vec<&str> = ["epochs=[3,1,2]"].iter().chain(sets).copied().collect();
+    train_args(Some("exactness.toml"), data, out, &sets)
 }
 
 #[test]
@@ -48,40 +18,35 @@ fn a_run_killed_mid_stage_resumes_to_the_same_parameters() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("cifar");
     write_cifar10(&data, 40);
-    let d = data.to_str().unwrap();
     let whole = tmp.path().join("whole");
-    assert_ok(&mpirun(2, &args(d, whole.to_str().unwrap(), &[])));
+    assert_ok(&mpirun(2, &strs(&args(&data, &whole, &[]))));
 
     // Kill the whole job (mpirun and both ranks) once stage 1's first epoch is checkpointed
     // (step 6 of 36), while its second epoch runs.
     let cut = tmp.path().join("cut");
-    let mut child = mpirun_command(2, &args(d, cut.to_str().unwrap(), &[]))
+    let mut child = mpirun_command(2, &strs(&args(&data, &cut, &[])))
         .process_group(0)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let started = Instant::now();
-    while steps_done(&cut) < 6 {
-        assert!(
-            started.elapsed() < Duration::from_secs(120),
-            "no checkpoint appeared"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let newest = |out: &Path| checkpoint_steps(out).last().copied().unwrap_or(0);
+    wait_for("a checkpoint at step 6", Duration::from_secs(120), || {
+        newest(&cut) >= 6
+    });
     let group = child.id() as libc::pid_t;
     assert!(group > 1);
     // SAFETY: a plain syscall; the negative pid names the job's own process group.
     assert_eq!(unsafe { libc::kill(-group, libc::SIGKILL) }, 0);
     let _ = child.wait();
-    let killed_at = steps_done(&cut);
+    let killed_at = newest(&cut);
     assert!(
         killed_at < 36,
         "killed before the end (at step {killed_at})"
     );
     assert!(!cut.join("embedding.npy").exists());
 
-    let again = mpirun(2, &args(d, cut.to_str().unwrap(), &[]));
+    let again = mpirun(2, &strs(&args(&data, &cut, &[])));
     assert_ok(&again);
     assert!(again.stderr.contains("resumed"), "{}", again.stderr);
     let (a, _) = model_and_optimizer(&newest_checkpoint(&whole));
@@ -100,16 +65,11 @@ fn two_ranks_stopped_mid_stage_continue_on_one() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("cifar");
     write_cifar10(&data, 40);
-    let d = data.to_str().unwrap();
     let one = tmp.path().join("one");
-    assert_ok(&mpirun(
-        1,
-        &args(d, one.to_str().unwrap(), &["max_steps=16"]),
-    ));
+    assert_ok(&mpirun(1, &strs(&args(&data, &one, &["max_steps=16"]))));
     let moved = tmp.path().join("moved");
-    let m = moved.to_str().unwrap();
-    assert_ok(&mpirun(2, &args(d, m, &["max_steps=9"])));
-    let resumed = mpirun(1, &args(d, m, &["max_steps=16"]));
+    assert_ok(&mpirun(2, &strs(&args(&data, &moved, &["max_steps=9"]))));
+    let resumed = mpirun(1, &strs(&args(&data, &moved, &["max_steps=16"])));
     assert_ok(&resumed);
     assert!(
         resumed.stderr.contains("written_by_ranks=2"),

@@ -1,5 +1,6 @@
-//! The job scripts on a real one-node SLURM (started by tests/slurm/cluster.sh; needs root and
-//! Debian's slurm-wlm and munge, which launch/setup.sh installs): a CPU job preempted by
+//! The job scripts on a real one-node SLURM (started by tests/slurm/cluster.sh; needs root, and
+//! skips with one line for other users, and Debian's slurm-wlm and munge, which launch/setup.sh
+//! installs): a CPU job preempted by
 //! SIGUSR1 mid-stage checkpoints, requeues itself, resumes, and ends with the parameters of an
 //! uninterrupted run — launched with mpirun on the same two tasks, and with `srun --mpi=pmix`
 //! requeued onto one task (an elastic resume: same global batch, half the ranks).
@@ -8,7 +9,7 @@ mod common;
 use common::*;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
@@ -67,32 +68,15 @@ impl Drop for Cluster {
     }
 }
 
-fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !done() {
-        assert!(start.elapsed() < limit, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn has_checkpoint_at_least(out: &Path, step: u64) -> bool {
-    std::fs::read_dir(out.join("checkpoints")).is_ok_and(|d| {
-        d.flatten().any(|e| {
-            e.file_name()
-                .to_string_lossy()
-                .strip_prefix("step-")
-                .and_then(|s| s.parse::<u64>().ok())
-                .is_some_and(|s| s >= step)
-        })
-    })
-}
-
 /// configs/exactness.toml's network (whose results do not depend on the world size), run long
 /// enough for the signal to land mid-stage.
 const SETS: &[&str] = &["epochs=[30,2,4]"];
 
 #[test]
 fn a_preempted_job_requeues_and_ends_as_an_uninterrupted_run() {
+    if !needs_root("a_preempted_job_requeues_and_ends_as_an_uninterrupted_run") {
+        return;
+    }
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("cifar");
     write_cifar10(&data, 40);
@@ -130,7 +114,7 @@ fn a_preempted_job_requeues_and_ends_as_an_uninterrupted_run() {
             String::from_utf8_lossy(&submitted.stderr)
         );
         wait_for("the first checkpoint", Duration::from_secs(120), || {
-            has_checkpoint_at_least(&out, 6)
+            checkpoint_steps(&out).last().is_some_and(|&s| s >= 6)
         });
         cluster.output("scancel", &["--signal=USR1", "--batch", &id]);
         wait_for("the requeue", Duration::from_secs(60), || {
@@ -191,9 +175,9 @@ fn a_preempted_job_requeues_and_ends_as_an_uninterrupted_run() {
         assert!(out.join("embedding.npy").exists());
         let (got, _) = model_and_optimizer(&newest_checkpoint(&out));
         // The run it must equal: the uninterrupted one on the same two ranks; after a requeue
-        // onto one task, the same run stopped at the same step and continued on one rank
-        // (rounding differs between world sizes and grows over a run's hundreds of steps, so
-        // the uninterrupted run is only a loose check there).
+        // onto one task, the same run stopped at the same step on two ranks and continued on
+        // one (rounding differs between world sizes, so that is the exact reference; how far it
+        // drifts from the uninterrupted run depends on the step the signal lands at).
         let expected = if tasks_after == 2 {
             expected.clone()
         } else {
@@ -211,11 +195,6 @@ fn a_preempted_job_requeues_and_ends_as_an_uninterrupted_run() {
                 &[SETS[0], &format!("max_steps={step}")],
             ));
             assert_ok(&train(1, "exactness.toml", &data, &elastic, SETS));
-            let (loose, name) = max_relative_difference(&expected, &got, 1e-6);
-            assert!(
-                loose < 1e-2,
-                "{launcher}: {name} differs from the uninterrupted run by {loose:e}"
-            );
             model_and_optimizer(&newest_checkpoint(&elastic)).0
         };
         let (diff, name) = max_relative_difference(&expected, &got, 1e-6);

@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::time::{Duration, Instant};
 
 /// Named tensors as flat f32 vectors.
 pub type Named = Vec<(String, Vec<f32>)>;
@@ -99,31 +100,76 @@ pub fn run_alone(args: &[&str]) -> Run {
     )
 }
 
-/// `train` of `config` on `data` into `out` with `sets` overrides.
+/// `train` of `configs/CONFIG` on `data` into `out` with `sets` overrides.
 pub fn train(ranks: usize, config: &str, data: &Path, out: &Path, sets: &[&str]) -> Run {
-    let args = train_args(config, data, out, sets);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    mpirun(ranks, &args)
+    let args = train_args(Some(config), data, out, sets);
+    mpirun(ranks, &strs(&args))
 }
 
-/// `train --config configs/CONFIG --data DATA --out OUT --set S…` as arguments.
-pub fn train_args(config: &str, data: &Path, out: &Path, sets: &[&str]) -> Vec<String> {
+/// `train [--config configs/CONFIG] --data DATA --out OUT --set S…` as arguments (no config:
+/// the built-in defaults).
+pub fn train_args(config: Option<&str>, data: &Path, out: &Path, sets: &[&str]) -> Vec<String> {
     let root = env!("CARGO_MANIFEST_DIR");
-    let mut args: Vec<String> = [
-        "train",
-        "--config",
-        &format!("{root}/configs/{config}"),
-        "--data",
-        data.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ]
-    .map(String::from)
-    .to_vec();
+    let mut args = vec!["train".to_owned()];
+    if let Some(config) = config {
+        args.extend(["--config".to_owned(), format!("{root}/configs/{config}")]);
+    }
+    args.extend(
+        [
+            "--data",
+            data.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ]
+        .map(String::from),
+    );
     for s in sets {
         args.extend(["--set".to_owned(), s.to_string()]);
     }
     args
+}
+
+/// Borrowed views of owned arguments.
+pub fn strs(args: &[String]) -> Vec<&str> {
+    args.iter().map(String::as_str).collect()
+}
+
+/// Whether this test can run here; if not, says so in one line naming the test and why.
+pub fn needs_root(test: &str) -> bool {
+    // SAFETY: a plain syscall without arguments.
+    let root = unsafe { libc::geteuid() } == 0;
+    if !root {
+        eprintln!("skipped {test}: needs root");
+    }
+    root
+}
+
+/// Polls `done` until it holds; fails the test after `limit`.
+pub fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < limit, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The steps of the complete checkpoints under `out`, oldest first.
+pub fn checkpoint_steps(out: &Path) -> Vec<u64> {
+    let mut steps: Vec<u64> = std::fs::read_dir(out.join("checkpoints"))
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| {
+                    e.file_name()
+                        .to_string_lossy()
+                        .strip_prefix("step-")?
+                        .parse()
+                        .ok()
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    steps.sort_unstable();
+    steps
 }
 
 pub fn assert_ok(run: &Run) {
@@ -132,19 +178,8 @@ pub fn assert_ok(run: &Run) {
 
 /// The newest checkpoint folder under `out`.
 pub fn newest_checkpoint(out: &Path) -> PathBuf {
-    let mut dirs: Vec<PathBuf> = std::fs::read_dir(out.join("checkpoints"))
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| {
-            p.file_name()
-                .unwrap()
-                .to_string_lossy()
-                .starts_with("step-")
-        })
-        .collect();
-    dirs.sort();
-    dirs.pop().expect("a checkpoint")
+    let step = *checkpoint_steps(out).last().expect("a checkpoint");
+    out.join("checkpoints").join(format!("step-{step:010}"))
 }
 
 /// The model's variables in a checkpoint (no optimizer buffers), by name.
