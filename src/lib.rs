@@ -9,6 +9,7 @@ pub mod dist;
 pub mod loss;
 pub mod metrics;
 pub mod model;
+pub mod opcount;
 pub mod optim;
 pub mod outputs;
 pub mod plot;

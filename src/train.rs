@@ -27,6 +27,7 @@ use crate::data::{shard, DataError, Dataset};
 use crate::dist::{Collectives, DistError};
 use crate::loss::{cauchy_infonce_part, Rows};
 use crate::model::{Network, Readout};
+use crate::opcount;
 use crate::optim::{FlatParams, LayoutError, Span};
 use crate::outputs::{self, report, OutputError, Phases, StepRecord, TrainLog};
 use crate::precision;
@@ -243,52 +244,84 @@ enum Phase {
 /// every rank before each collective, so that a collective's time is transfer time and
 /// imbalance shows as wait time. Off, it does nothing: the host runs ahead of the device.
 struct PhaseClock {
-    on: Option<(Instant, Phases)>,
+    on: Option<Laps>,
     device: Device,
+}
+
+/// The readings of a step so far: time and (with the counter preloaded) operators.
+struct Laps {
+    last: Instant,
+    phases: Phases,
+    ops_start: Option<u64>,
+    ops_last: Option<u64>,
+    ops_network: u64,
 }
 
 impl PhaseClock {
     fn new(on: bool, device: Device) -> PhaseClock {
+        let ops = opcount::count();
         PhaseClock {
-            on: on.then(|| (Instant::now(), Phases::default())),
+            on: on.then(|| Laps {
+                last: Instant::now(),
+                phases: Phases::default(),
+                ops_start: ops,
+                ops_last: ops,
+                ops_network: 0,
+            }),
             device,
         }
     }
 
-    /// Charges the time since the last reading to `phase`.
-    fn lap(&mut self, phase: Phase) {
-        if let Some((last, t)) = &mut self.on {
-            if let Device::Cuda(i) = self.device {
-                tch::Cuda::synchronize(i as i64);
-            }
-            let s = last.elapsed().as_secs_f64();
-            *last = Instant::now();
-            *match phase {
-                Phase::Data => &mut t.data_s,
-                Phase::Compute => &mut t.compute_s,
-                Phase::Comm => &mut t.comm_s,
-            } += s;
+    /// Charges the time since the last reading to `phase`; returns the operators since then.
+    fn lap(&mut self, phase: Phase) -> u64 {
+        let Some(l) = &mut self.on else { return 0 };
+        if let Device::Cuda(i) = self.device {
+            tch::Cuda::synchronize(i as i64);
+        }
+        let s = l.last.elapsed().as_secs_f64();
+        l.last = Instant::now();
+        let t = &mut l.phases;
+        *match phase {
+            Phase::Data => &mut t.data_s,
+            Phase::Compute => &mut t.compute_s,
+            Phase::Comm => &mut t.comm_s,
+        } += s;
+        let ops = opcount::count();
+        let since = ops.zip(l.ops_last).map_or(0, |(now, last)| now - last);
+        l.ops_last = ops;
+        since
+    }
+
+    /// As `lap`, for a stretch that ran the network (forward or backward).
+    fn lap_network(&mut self, phase: Phase) {
+        let ops = self.lap(phase);
+        if let Some(l) = &mut self.on {
+            l.ops_network += ops;
         }
     }
 
     /// Waits for the slowest rank before a collective.
     fn wait_for_all(&mut self, comm: &dyn Collectives) {
-        if let Some((last, t)) = &mut self.on {
+        if let Some(l) = &mut self.on {
             comm.barrier();
-            t.wait_s += last.elapsed().as_secs_f64();
-            *last = Instant::now();
+            l.phases.wait_s += l.last.elapsed().as_secs_f64();
+            l.last = Instant::now();
         }
     }
 
-    /// The step's phases, the slowest rank's figure for each.
+    /// The step's phases, the slowest rank's seconds for each; this rank's operators.
     fn finish(self, comm: &dyn Collectives) -> Option<Phases> {
-        let (_, t) = self.on?;
+        let l = self.on?;
+        let t = l.phases;
         let s = comm.max_host(&[t.data_s, t.compute_s, t.wait_s, t.comm_s]);
+        let total = l.ops_last.zip(l.ops_start).map(|(end, start)| end - start);
         Some(Phases {
             data_s: s[0],
             compute_s: s[1],
             wait_s: s[2],
             comm_s: s[3],
+            ops_outside_network: total.map(|n| n - l.ops_network),
+            ops_network: total.map(|_| l.ops_network),
         })
     }
 }
@@ -399,7 +432,7 @@ impl<'a> Trainer<'a> {
             false => tch::no_grad(|| self.trunk(&views, true)),
         };
         let z = self.net.readout(&hidden, plan.readout);
-        clock.lap(Phase::Compute);
+        clock.lap_network(Phase::Compute);
         clock.wait_for_all(self.comm);
         let gathered = self.comm.all_gather(&z.detach())?.set_requires_grad(true);
         clock.lap(Phase::Comm);
@@ -416,9 +449,11 @@ impl<'a> Trainer<'a> {
 
         // Backward from this rank's rows into the gradient buffer; loss and stop flag beside it.
         self.flat.zero_grads();
-        (&z * grad_mine).sum(Kind::Float).backward();
-        self.flat.set_tail(&part, stop);
+        let seed = (&z * grad_mine).sum(Kind::Float);
         clock.lap(Phase::Compute);
+        seed.backward();
+        clock.lap_network(Phase::Compute);
+        self.flat.set_tail(&part, stop);
         clock.wait_for_all(self.comm);
         self.comm.all_reduce_sum_(&self.flat.reduced(span))?;
         clock.lap(Phase::Comm);

@@ -76,13 +76,19 @@ pub struct StepRecord {
     pub phases: Option<Phases>,
 }
 
-/// Seconds of one step by phase.
+/// Seconds of one step by phase, and with benchmarks/opcount.cpp preloaded the operators this
+/// rank dispatched outside the network (data, augmentation, loss, collectives' copies, update)
+/// and inside it (forward and backward nodes).
 #[derive(Debug, Default, Clone, Copy, serde::Serialize, serde::Deserialize)]
 pub struct Phases {
     pub data_s: f64,
     pub compute_s: f64,
     pub wait_s: f64,
     pub comm_s: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ops_outside_network: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ops_network: Option<u64>,
 }
 
 /// `train-log.jsonl`, appended one line per step.
