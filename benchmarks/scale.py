@@ -43,8 +43,9 @@ def run(ranks, batch, args, sets, folder, steps=None):
     if not args.gpus:
         settings.append("threads=1")
     if steps is not None:
-        # Enough images for the steps, so that no epoch boundary falls inside the timing.
-        settings += [f"max_steps={steps}", f"train_limit={batch * steps}"]
+        # Enough images for the steps, so that no epoch boundary falls inside the timing; the
+        # step log split into data, compute, wait and communication.
+        settings += [f"max_steps={steps}", f"train_limit={batch * steps}", "phase_timing=true"]
     for s in settings:
         cmd += ["--set", s]
     env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
