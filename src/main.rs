@@ -94,7 +94,7 @@ fn main() -> ExitCode {
     // the lowest failing rank says what, and all ranks exit together.
     let chosen = Config::load(config.as_deref(), &overrides, mpi.world())
         .map_err(TrainError::from)
-        .and_then(|cfg| Ok((train::choose_device(cfg.device, mpi.local().1)?, cfg)));
+        .and_then(|cfg| Ok((dist::choose_device(cfg.device, mpi.local().1)?, cfg)));
     let (device, cfg) = match agree(&mpi, chosen) {
         Ok(v) => v,
         Err(code) => return code,

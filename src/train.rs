@@ -15,69 +15,29 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::ProgressBar;
 use tch::{nn, Device, Kind, Tensor};
 use tracing::{info, warn};
 
 use crate::augment::{self, Normalize};
 use crate::batches::{self, Batches, StepInput};
-use crate::checkpoint::{self, CheckpointError, Meta};
-use crate::config::{Config, DeviceChoice, Precision};
-use crate::data::{shard, DataError, Dataset};
-use crate::dist::{Collectives, DistError};
+use crate::checkpoint::{self, Meta};
+use crate::config::{Config, Precision};
+use crate::data::{shard, Dataset};
+use crate::dist::{self, Collectives};
+pub use crate::error::TrainError;
 use crate::loss::{cauchy_infonce_part, Rows};
 use crate::model::{Network, Readout};
-use crate::opcount;
-use crate::optim::{FlatParams, LayoutError, Span};
-use crate::outputs::{self, report, OutputError, Phases, StepRecord, TrainLog};
+use crate::optim::{FlatParams, Span};
+use crate::outputs::{self, progress_bar, report, Phases, StepRecord, TrainLog};
 use crate::precision;
 use crate::schedule::{self, Position, STAGE_NAMES};
+use crate::timing::{Phase, PhaseClock};
 
 /// Images per forward pass when embedding the whole data set.
 const EMBED_CHUNK: usize = 1024;
 /// Training images whose pixels set the normalisation (enough for stable channel statistics).
 const NORM_SAMPLE: usize = 10_000;
-
-#[derive(Debug, thiserror::Error)]
-pub enum TrainError {
-    #[error(transparent)]
-    Config(#[from] crate::config::ConfigError),
-    #[error(transparent)]
-    Data(#[from] DataError),
-    #[error(transparent)]
-    Checkpoint(#[from] CheckpointError),
-    #[error(transparent)]
-    Output(#[from] OutputError),
-    #[error(transparent)]
-    Dist(#[from] DistError),
-    #[error(transparent)]
-    Layout(#[from] LayoutError),
-    #[error("torch: {0}")]
-    Torch(#[from] tch::TchError),
-    #[error("{0}")]
-    Setup(String),
-    #[error("the loss became {loss} at step {step} ({stage} stage, epoch {epoch}); nothing was saved after the last good checkpoint ({last}); try a lower optim.lr or a longer warm-up")]
-    NotFinite {
-        loss: f64,
-        step: u64,
-        stage: &'static str,
-        epoch: usize,
-        last: String,
-    },
-}
-
-impl TrainError {
-    /// Errors in what the user gave (exit code 2) as opposed to failures while running.
-    pub fn is_input_error(&self) -> bool {
-        matches!(
-            self,
-            TrainError::Config(_)
-                | TrainError::Data(_)
-                | TrainError::Setup(_)
-                | TrainError::Checkpoint(CheckpointError::Mismatch { .. })
-        )
-    }
-}
 
 /// How a `train` call ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -216,114 +176,6 @@ pub fn prepare<'a>(
         trainer.last_checkpoint = ck.dir.display().to_string();
     }
     Ok(trainer)
-}
-
-/// The device of the rank that is `local_rank` on its node.
-pub fn choose_device(choice: DeviceChoice, local_rank: usize) -> Result<Device, TrainError> {
-    let gpus = tch::Cuda::device_count() as usize;
-    match choice {
-        DeviceChoice::Cpu => Ok(Device::Cpu),
-        DeviceChoice::Auto if gpus == 0 => Ok(Device::Cpu),
-        DeviceChoice::Cuda if gpus == 0 => Err(TrainError::Setup(
-            "device = \"cuda\" but torch sees no GPU (a binary built without --features cuda, or no visible device); use device = \"cpu\" or \"auto\"".into(),
-        )),
-        _ => Ok(Device::Cuda(local_rank % gpus)),
-    }
-}
-
-/// The phases a step's time is split into.
-#[derive(Debug, Clone, Copy)]
-enum Phase {
-    Data,
-    Compute,
-    Comm,
-}
-
-/// Splits a step's wall time into phases when `phase_timing` is on. Then it synchronises the
-/// device before each reading, so that a phase is charged with its own kernels, and waits for
-/// every rank before each collective, so that a collective's time is transfer time and
-/// imbalance shows as wait time. Off, it does nothing: the host runs ahead of the device.
-struct PhaseClock {
-    on: Option<Laps>,
-    device: Device,
-}
-
-/// The readings of a step so far: time and (with the counter preloaded) operators.
-struct Laps {
-    last: Instant,
-    phases: Phases,
-    ops_start: Option<u64>,
-    ops_last: Option<u64>,
-    ops_network: u64,
-}
-
-impl PhaseClock {
-    fn new(on: bool, device: Device) -> PhaseClock {
-        let ops = opcount::count();
-        PhaseClock {
-            on: on.then(|| Laps {
-                last: Instant::now(),
-                phases: Phases::default(),
-                ops_start: ops,
-                ops_last: ops,
-                ops_network: 0,
-            }),
-            device,
-        }
-    }
-
-    /// Charges the time since the last reading to `phase`; returns the operators since then.
-    fn lap(&mut self, phase: Phase) -> u64 {
-        let Some(l) = &mut self.on else { return 0 };
-        if let Device::Cuda(i) = self.device {
-            tch::Cuda::synchronize(i as i64);
-        }
-        let s = l.last.elapsed().as_secs_f64();
-        l.last = Instant::now();
-        let t = &mut l.phases;
-        *match phase {
-            Phase::Data => &mut t.data_s,
-            Phase::Compute => &mut t.compute_s,
-            Phase::Comm => &mut t.comm_s,
-        } += s;
-        let ops = opcount::count();
-        let since = ops.zip(l.ops_last).map_or(0, |(now, last)| now - last);
-        l.ops_last = ops;
-        since
-    }
-
-    /// As `lap`, for a stretch that ran the network (forward or backward).
-    fn lap_network(&mut self, phase: Phase) {
-        let ops = self.lap(phase);
-        if let Some(l) = &mut self.on {
-            l.ops_network += ops;
-        }
-    }
-
-    /// Waits for the slowest rank before a collective.
-    fn wait_for_all(&mut self, comm: &dyn Collectives) {
-        if let Some(l) = &mut self.on {
-            comm.barrier();
-            l.phases.wait_s += l.last.elapsed().as_secs_f64();
-            l.last = Instant::now();
-        }
-    }
-
-    /// The step's phases, the slowest rank's seconds for each; this rank's operators.
-    fn finish(self, comm: &dyn Collectives) -> Option<Phases> {
-        let l = self.on?;
-        let t = l.phases;
-        let s = comm.max_host(&[t.data_s, t.compute_s, t.wait_s, t.comm_s]);
-        let total = l.ops_last.zip(l.ops_start).map(|(end, start)| end - start);
-        Some(Phases {
-            data_s: s[0],
-            compute_s: s[1],
-            wait_s: s[2],
-            comm_s: s[3],
-            ops_outside_network: total.map(|n| n - l.ops_network),
-            ops_network: total.map(|_| l.ops_network),
-        })
-    }
 }
 
 /// A step whose loss and stop flag (summed over ranks) are still on the device.
@@ -551,42 +403,8 @@ impl<'a> Trainer<'a> {
         hidden.to_kind(Kind::Float)
     }
 
-    /// Averages the non-trained variables (batch-norm running statistics) over ranks, so that
-    /// what rank 0 saves and embeds with reflects every rank's images.
-    fn sync_buffers(&self) -> Result<(), TrainError> {
-        let world = self.comm.world();
-        if world == 1 {
-            return Ok(());
-        }
-        let mut buffers: Vec<(String, Tensor)> = self
-            .vs
-            .variables()
-            .into_iter()
-            .filter(|(_, t)| !t.requires_grad())
-            .collect();
-        if buffers.is_empty() {
-            return Ok(());
-        }
-        buffers.sort_by(|a, b| a.0.cmp(&b.0));
-        let _guard = tch::no_grad_guard();
-        let flat: Vec<Tensor> = buffers
-            .iter()
-            .map(|(_, t)| t.to_kind(Kind::Float).view([-1]))
-            .collect();
-        let flat = Tensor::cat(&flat, 0);
-        self.comm.all_reduce_sum_(&flat)?;
-        let mut offset = 0;
-        for (_, t) in &buffers {
-            let n = t.numel() as i64;
-            let mean = flat.narrow(0, offset, n).view(&t.size()[..]) / world as f64;
-            t.shallow_clone().copy_(&mean);
-            offset += n;
-        }
-        Ok(())
-    }
-
     fn save(&self, position: Position, stage_end: bool, loss: f64) -> Result<String, TrainError> {
-        self.sync_buffers()?;
+        dist::average_buffers(self.comm, &self.vs)?;
         if !self.comm.is_root() {
             return Ok(String::new());
         }
@@ -606,7 +424,7 @@ impl<'a> Trainer<'a> {
 
     /// Embeds every image (train and test); rank 0 writes the report.
     fn finish(&self) -> Result<(), TrainError> {
-        self.sync_buffers()?;
+        dist::average_buffers(self.comm, &self.vs)?;
         let embedding = self.embed_all()?;
         if self.comm.is_root() {
             let facts = report::RunFacts {
@@ -640,18 +458,4 @@ impl<'a> Trainer<'a> {
         let all = self.comm.all_gather(&Tensor::cat(&chunks, 0))?;
         Ok(all.narrow(0, 0, n as i64).to_device(Device::Cpu))
     }
-}
-
-fn progress_bar(visible: bool, total: u64, done: u64) -> ProgressBar {
-    if !visible {
-        return ProgressBar::hidden();
-    }
-    let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
-    bar.set_style(
-        ProgressStyle::with_template("{bar:30} {pos}/{len} steps · {msg} · {per_sec} · ETA {eta}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-    bar.set_position(done);
-    bar.reset_eta();
-    bar
 }

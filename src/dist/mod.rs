@@ -6,7 +6,9 @@ pub mod mpi;
 #[cfg(feature = "cuda")]
 pub mod nccl;
 
-use tch::Tensor;
+use tch::{nn, Device, Kind, Tensor};
+
+use crate::config::DeviceChoice;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DistError {
@@ -16,6 +18,8 @@ pub enum DistError {
     Collective(String),
     #[error("tensor {0}")]
     Tensor(#[from] tch::TchError),
+    #[error("device = \"cuda\" but torch sees no GPU (a binary built without --features cuda, or no visible device); use device = \"cpu\" or \"auto\"")]
+    NoGpu,
 }
 
 /// The collectives the trainer uses. Tensor collectives work on any device the implementation
@@ -69,4 +73,46 @@ pub fn connect(
     }
     let _ = device;
     Ok(Box::new(mpi))
+}
+
+/// The device of the rank that is `local_rank` on its node.
+pub fn choose_device(choice: DeviceChoice, local_rank: usize) -> Result<Device, DistError> {
+    let gpus = tch::Cuda::device_count() as usize;
+    match choice {
+        DeviceChoice::Cpu => Ok(Device::Cpu),
+        DeviceChoice::Auto if gpus == 0 => Ok(Device::Cpu),
+        DeviceChoice::Cuda if gpus == 0 => Err(DistError::NoGpu),
+        _ => Ok(Device::Cuda(local_rank % gpus)),
+    }
+}
+
+/// Averages the variables of `vs` that are not trained (batch-norm running statistics) over
+/// ranks, in one all-reduce, so that what rank 0 saves and embeds with reflects every rank's
+/// images.
+pub fn average_buffers(comm: &dyn Collectives, vs: &nn::VarStore) -> Result<(), DistError> {
+    let world = comm.world();
+    let mut buffers: Vec<(String, Tensor)> = vs
+        .variables()
+        .into_iter()
+        .filter(|(_, t)| !t.requires_grad())
+        .collect();
+    if world == 1 || buffers.is_empty() {
+        return Ok(());
+    }
+    buffers.sort_by(|a, b| a.0.cmp(&b.0));
+    let _guard = tch::no_grad_guard();
+    let flat: Vec<Tensor> = buffers
+        .iter()
+        .map(|(_, t)| t.to_kind(Kind::Float).view([-1]))
+        .collect();
+    let flat = Tensor::cat(&flat, 0);
+    comm.all_reduce_sum_(&flat)?;
+    let mut offset = 0;
+    for (_, t) in &buffers {
+        let n = t.numel() as i64;
+        let mean = flat.narrow(0, offset, n).view(&t.size()[..]) / world as f64;
+        t.shallow_clone().copy_(&mean);
+        offset += n;
+    }
+    Ok(())
 }
