@@ -210,9 +210,7 @@ fn bad_inputs_each_give_one_line_and_a_non_zero_exit() {
 
 #[test]
 fn a_run_folder_of_another_config_is_refused_and_left_as_it_was() {
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("cifar");
-    write_cifar10(&data, 20);
+    let (tmp, data) = scratch_with_cifar(20);
     let out = tmp.path().join("run");
     let (d, o) = (data.to_str().unwrap(), out.to_str().unwrap());
     assert_ok(&mpirun(2, &strs(&small_run(d, o, &["max_steps=2"]))));
@@ -229,9 +227,7 @@ fn a_run_folder_of_another_config_is_refused_and_left_as_it_was() {
 
 #[test]
 fn a_diverging_loss_stops_every_rank_and_keeps_the_last_good_checkpoint() {
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("cifar");
-    write_cifar10(&data, 20);
+    let (tmp, data) = scratch_with_cifar(20);
     let out = tmp.path().join("run");
     let (d, o) = (data.to_str().unwrap(), out.to_str().unwrap());
     // Stage 1 ends with a checkpoint; stage 2's rate then throws the map layer to infinity.

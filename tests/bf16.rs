@@ -17,9 +17,7 @@ const BOUND: f64 = 0.05;
 
 #[test]
 fn a_bf16_run_follows_the_f32_run_and_its_trunk_learns() {
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("cifar");
-    write_cifar10(&data, 40);
+    let (tmp, data) = scratch_with_cifar(40);
     let run = |name: &str, extra: &[&str]| {
         let out = tmp.path().join(name);
         let sets: Vec<&str> = SETS.iter().chain(extra).copied().collect();

@@ -6,9 +6,7 @@ use common::*;
 
 #[test]
 fn one_two_and_four_ranks_give_the_same_losses_and_parameters() {
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("cifar");
-    write_cifar10(&data, 40);
+    let (tmp, data) = scratch_with_cifar(40);
     let mut results = Vec::new();
     for ranks in [1, 2, 4] {
         let out = tmp.path().join(format!("run{ranks}"));

@@ -26,9 +26,7 @@ fn rank_pid(out: &Path, rank: usize) -> Option<i32> {
 }
 
 fn kill_rank_then_resume(rank: usize, after_checkpoints: usize) {
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("cifar");
-    write_cifar10(&data, 40);
+    let (tmp, data) = scratch_with_cifar(40);
     let out = tmp.path().join("run");
     let args = train_args(
         Some("exactness.toml"),

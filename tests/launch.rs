@@ -73,9 +73,7 @@ fn dry_runs_print_the_commands_for_gpus_and_cpu_ranks() {
 
 #[test]
 fn the_printed_cpu_command_runs() {
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("cifar");
-    write_cifar10(&data, 20);
+    let (tmp, data) = scratch_with_cifar(20);
     let out = tmp.path().join("run");
     let train = train_args(Some("exactness.toml"), &data, &out, &["max_steps=2"]);
     let mut args = vec!["--cpu", "2", "--dry-run", "--"];

@@ -6,9 +6,7 @@ use common::*;
 
 #[test]
 fn a_finished_run_writes_its_outputs_and_learns_the_classes() {
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("cifar");
-    write_cifar10(&data, 40);
+    let (tmp, data) = scratch_with_cifar(40);
     let out = tmp.path().join("run");
     let run = train(
         2,

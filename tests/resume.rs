@@ -15,9 +15,7 @@ fn args(data: &Path, out: &Path, sets: &[&str]) -> Vec<String> {
 
 #[test]
 fn a_run_killed_mid_stage_resumes_to_the_same_parameters() {
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("cifar");
-    write_cifar10(&data, 40);
+    let (tmp, data) = scratch_with_cifar(40);
     let whole = tmp.path().join("whole");
     assert_ok(&mpirun(2, &strs(&args(&data, &whole, &[]))));
 
@@ -62,9 +60,7 @@ fn a_run_killed_mid_stage_resumes_to_the_same_parameters() {
 
 #[test]
 fn two_ranks_stopped_mid_stage_continue_on_one() {
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("cifar");
-    write_cifar10(&data, 40);
+    let (tmp, data) = scratch_with_cifar(40);
     let one = tmp.path().join("one");
     assert_ok(&mpirun(1, &strs(&args(&data, &one, &["max_steps=16"]))));
     let moved = tmp.path().join("moved");

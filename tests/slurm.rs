@@ -77,9 +77,7 @@ fn a_preempted_job_requeues_and_ends_as_an_uninterrupted_run() {
     if !needs_root("a_preempted_job_requeues_and_ends_as_an_uninterrupted_run") {
         return;
     }
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("cifar");
-    write_cifar10(&data, 40);
+    let (tmp, data) = scratch_with_cifar(40);
     let reference = tmp.path().join("reference");
     assert_ok(&train(2, "exactness.toml", &data, &reference, SETS));
     let (expected, _) = model_and_optimizer(&newest_checkpoint(&reference));

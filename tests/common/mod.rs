@@ -51,6 +51,15 @@ pub fn write_cifar10(dir: &Path, per_file: usize) {
     }
 }
 
+/// A scratch folder (removed when dropped) with a CIFAR-10 folder `cifar/` in it (see
+/// [`write_cifar10`]); returns both.
+pub fn scratch_with_cifar(per_file: usize) -> (tempfile::TempDir, PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("cifar");
+    write_cifar10(&data, per_file);
+    (tmp, data)
+}
+
 /// The result of one run.
 pub struct Run {
     pub code: i32,
