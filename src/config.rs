@@ -10,6 +10,16 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+/// Bounds that keep a typo from reaching the allocator: a layer this wide, a batch this large
+/// or this many neighbours is never meant.
+const MAX_WIDTH: i64 = 1 << 16;
+const MAX_BATCH: usize = 1 << 22;
+pub const MAX_KNN_K: usize = 1000;
+/// More torch threads than this is a typo (a node's cores are fewer).
+const MAX_THREADS: usize = 1024;
+/// Characters of a user's input quoted in an error line.
+const QUOTE: usize = 120;
+
 /// A configuration problem, reported before any work starts.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -249,6 +259,12 @@ impl Config {
             origin: origin.clone(),
             message: one_line(&e.to_string()),
         })?;
+        // A value that fails to type is blamed on the file only if the file alone fails.
+        let file_types = toml::Value::Table(doc.clone()).try_into::<Config>().is_ok();
+        let origin = match file_types && !overrides.is_empty() {
+            true => format!("--set {}", quote(&overrides.join(" --set "))),
+            false => origin,
+        };
         for arg in overrides {
             apply_override(&mut doc, arg)?;
         }
@@ -271,11 +287,23 @@ impl Config {
                 self.batch_size
             ));
         }
+        if self.batch_size > MAX_BATCH {
+            return bad(format!(
+                "batch_size = {} is beyond {MAX_BATCH} images per step; give a smaller global batch",
+                self.batch_size
+            ));
+        }
         if self.batch_size % world_size != 0 {
+            // The batch is part of the run: a resumed run keeps it, so the advice is about ranks.
+            let fits: Vec<String> = (1..=world_size.max(8))
+                .filter(|r| self.batch_size % r == 0)
+                .map(|r| r.to_string())
+                .collect();
             return bad(format!(
                 "batch_size = {} (the global batch) is not divisible by the {world_size} ranks; \
-                 choose a multiple of {world_size}",
-                self.batch_size
+                 launch {} ranks, or start a new run (another --out) with a multiple of {world_size}",
+                self.batch_size,
+                fits.join(", ")
             ));
         }
         if let Some(i) = self.epochs.iter().position(|&e| e == 0) {
@@ -286,17 +314,28 @@ impl Config {
         if self.checkpoint_every == 0 {
             return bad("checkpoint_every = 0: give a number of epochs ≥ 1".into());
         }
-        if self.knn_k == 0 {
-            return bad("knn_k = 0: give a number of neighbours ≥ 1".into());
+        if !(1..=MAX_KNN_K).contains(&self.knn_k) {
+            return bad(format!(
+                "knn_k = {}: give a number of neighbours from 1 to {MAX_KNN_K}",
+                self.knn_k
+            ));
+        }
+        if self.threads > MAX_THREADS {
+            return bad(format!(
+                "threads = {}: give at most {MAX_THREADS} (0: this node's cores shared by its ranks)",
+                self.threads
+            ));
         }
         let m = &self.model;
-        for (name, v) in [
-            ("model.hidden_dim", m.hidden_dim),
-            ("model.pretrain_dim", m.pretrain_dim),
-            ("model.map_dim", m.map_dim),
+        for (name, v, low) in [
+            ("model.hidden_dim", m.hidden_dim, 1),
+            ("model.pretrain_dim", m.pretrain_dim, 1),
+            ("model.map_dim", m.map_dim, 2),
         ] {
-            if v < 1 {
-                return bad(format!("{name} = {v}: must be at least 1"));
+            if !(low..=MAX_WIDTH).contains(&v) {
+                return bad(format!(
+                    "{name} = {v}: must be from {low} to {MAX_WIDTH} (a map has 2 dimensions or more)"
+                ));
             }
         }
         let o = &self.optim;
@@ -361,6 +400,27 @@ impl Config {
         Ok(())
     }
 
+    /// The checks that need the data: images of `shape` (channels, height, width) that the
+    /// backbone can take, and enough training images (`n_train` in the data's training split)
+    /// for `knn_k` neighbours.
+    pub fn validate_data(&self, shape: [usize; 3], n_train: usize) -> Result<(), ConfigError> {
+        let [_, h, w] = shape;
+        let pooled = matches!(self.model.backbone, Backbone::Tiny | Backbone::Small);
+        if pooled && (h < 4 || w < 4) {
+            let name = serde_json::to_value(self.model.backbone).unwrap_or_default();
+            return Err(ConfigError::Invalid(format!(
+                "model.backbone = {name} halves the images twice (2×2 max-pools) and needs at least 4×4 pixels; these are {h}×{w}: use model.backbone = \"mlp\""
+            )));
+        }
+        if self.knn_k >= n_train.max(1) {
+            return Err(ConfigError::Invalid(format!(
+                "knn_k = {} needs more than that many training images to score the map against; the data has {n_train}: lower knn_k",
+                self.knn_k
+            )));
+        }
+        Ok(())
+    }
+
     /// The scaled learning rate of `stage` (0-based) before warm-up and decay.
     pub fn stage_lr(&self, stage: usize) -> f64 {
         let ratio = self.batch_size as f64 / 256.0;
@@ -392,7 +452,7 @@ impl Config {
 /// valid TOML is taken as a string (so `--set model.backbone=small` works unquoted).
 fn apply_override(doc: &mut toml::Table, arg: &str) -> Result<(), ConfigError> {
     let err = |message: String| ConfigError::Override {
-        arg: arg.to_owned(),
+        arg: quote(arg),
         message,
     };
     let (key, raw) = arg
@@ -433,9 +493,18 @@ fn apply_override(doc: &mut toml::Table, arg: &str) -> Result<(), ConfigError> {
     Ok(())
 }
 
-/// toml's messages span several lines with a source excerpt; the CLI prints one line.
+/// toml's messages span several lines with a source excerpt; the CLI prints one line, and
+/// quotes at most [`QUOTE`] characters of it.
 fn one_line(s: &str) -> String {
-    s.split_whitespace().collect::<Vec<_>>().join(" ")
+    quote(&s.split_whitespace().collect::<Vec<_>>().join(" "))
+}
+
+/// `s` cut to [`QUOTE`] characters (marked with …).
+pub fn quote(s: &str) -> String {
+    match s.char_indices().nth(QUOTE) {
+        Some((cut, _)) => format!("{}…", &s[..cut]),
+        None => s.to_owned(),
+    }
 }
 
 #[cfg(test)]

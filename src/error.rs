@@ -5,6 +5,7 @@ use crate::checkpoint::CheckpointError;
 use crate::data::DataError;
 use crate::dist::DistError;
 use crate::optim::LayoutError;
+use crate::outputs::folder::FolderError;
 use crate::outputs::OutputError;
 
 #[derive(Debug, thiserror::Error)]
@@ -21,6 +22,8 @@ pub enum TrainError {
     Dist(#[from] DistError),
     #[error(transparent)]
     Layout(#[from] LayoutError),
+    #[error(transparent)]
+    Folder(#[from] FolderError),
     #[error("torch: {0}")]
     Torch(#[from] tch::TchError),
     #[error("{0}")]
@@ -33,6 +36,8 @@ pub enum TrainError {
         epoch: usize,
         last: String,
     },
+    #[error("the parameters became NaN or infinite by step {step}; nothing was saved after the last good checkpoint ({last}); try a lower optim.lr or clipping (optim.clip_value)")]
+    NotFiniteParameters { step: u64, last: String },
 }
 
 impl TrainError {
@@ -44,6 +49,9 @@ impl TrainError {
                 | TrainError::Data(_)
                 | TrainError::Setup(_)
                 | TrainError::Dist(DistError::NoGpu)
+                | TrainError::Folder(_)
+                | TrainError::Checkpoint(CheckpointError::DataDiffers { .. })
+                | TrainError::Checkpoint(CheckpointError::NoneUsable { .. })
                 | TrainError::Checkpoint(CheckpointError::Mismatch { .. })
         )
     }

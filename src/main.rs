@@ -8,6 +8,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
 use tsimcne_dist::config::Config;
 use tsimcne_dist::dist::mpi::MpiCollectives;
 use tsimcne_dist::dist::{self, Collectives};
@@ -49,6 +50,20 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // Signals are watched from the first instant: a stop asked for while MPI starts or the data
+    // loads ends the run with 75 before its first step (nothing to save); later, after the step
+    // under way and a checkpoint. A second SIGTERM or SIGINT while stopping ends it at once.
+    let stop = Arc::new(AtomicBool::new(false));
+    let watched = [SIGTERM, SIGINT]
+        .into_iter()
+        .try_for_each(|s| {
+            signal_hook::flag::register_conditional_shutdown(s, 1, Arc::clone(&stop)).map(drop)
+        })
+        .and_then(|_| {
+            [SIGTERM, SIGINT, SIGUSR1, SIGHUP]
+                .into_iter()
+                .try_for_each(|s| signal_hook::flag::register(s, Arc::clone(&stop)).map(drop))
+        });
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) if !e.use_stderr() => {
@@ -83,6 +98,9 @@ fn main() -> ExitCode {
         }
     };
     init_logging(mpi.rank(), mpi.world());
+    if let Err(e) = watched {
+        tracing::warn!("cannot watch SIGUSR1/SIGTERM/SIGINT/SIGHUP ({e}): a stop request will end the run without a checkpoint");
+    }
     let Command::Train {
         config,
         data,
@@ -113,16 +131,6 @@ fn main() -> ExitCode {
         Err(code) => return code,
     };
 
-    // SIGUSR1 (SLURM's warning before the time limit) or SIGTERM: finish the step, checkpoint,
-    // exit 75. A second SIGTERM while stopping ends the process at once.
-    let stop = Arc::new(AtomicBool::new(false));
-    use signal_hook::consts::{SIGTERM, SIGUSR1};
-    let watched = signal_hook::flag::register_conditional_shutdown(SIGTERM, 1, Arc::clone(&stop))
-        .and_then(|_| signal_hook::flag::register(SIGTERM, Arc::clone(&stop)))
-        .and_then(|_| signal_hook::flag::register(SIGUSR1, Arc::clone(&stop)));
-    if let Err(e) = watched {
-        tracing::warn!("cannot watch SIGUSR1/SIGTERM ({e}): a stop request will end the run without a checkpoint");
-    }
     match trainer.run(&stop) {
         Ok(Outcome::Finished) | Ok(Outcome::StepLimit) => ExitCode::SUCCESS,
         Ok(Outcome::Stopped) => ExitCode::from(EXIT_STOPPED),

@@ -11,9 +11,7 @@
 //! Hand-written because tch's optimizers keep their momentum inside libtorch where a checkpoint
 //! cannot reach it; an exact resume needs it.
 
-use std::ops::Range;
-
-use tch::{nn, Device, Kind, Tensor};
+use tch::{nn, Kind, Tensor};
 
 use crate::config::{OptimConfig, Optimizer};
 
@@ -39,7 +37,6 @@ impl Entry {
 pub struct Span {
     offset: i64,
     len: i64,
-    entries: Range<usize>,
     /// For LARS: each entry's length, and whether it is a matrix or kernel (biases and norm
     /// parameters take plain SGD), on the device.
     lengths: Tensor,
@@ -125,7 +122,6 @@ impl FlatParams {
         Ok(Span {
             offset: picked.first().map_or(0, |e| e.offset),
             len: lengths.iter().sum(),
-            entries: first..end,
             lengths: Tensor::from_slice(&lengths).to(device),
             matrix: Tensor::from_slice(&matrix).to(device),
         })
@@ -192,15 +188,9 @@ impl FlatParams {
             .collect()
     }
 
-    /// The names of the span's variables.
-    pub fn names<'a>(&'a self, span: &Span) -> impl Iterator<Item = &'a str> {
-        self.entries[span.entries.clone()]
-            .iter()
-            .map(|e| e.name.as_str())
-    }
-
-    pub fn device(&self) -> Device {
-        self.params.device()
+    /// Whether every parameter is finite (checked before a checkpoint is written).
+    pub fn all_finite(&self) -> bool {
+        bool::try_from(self.params.isfinite().all()).unwrap_or(false)
     }
 }
 
@@ -234,6 +224,7 @@ fn trust_ratios(p: &Tensor, g: &Tensor, span: &Span, cfg: &OptimConfig) -> Tenso
 mod tests {
     use super::*;
     use crate::config::OptimConfig;
+    use tch::Device;
 
     fn values(t: &Tensor) -> Vec<f64> {
         Vec::<f64>::try_from(t.to_kind(Kind::Double).flatten(0, -1)).unwrap()

@@ -93,6 +93,22 @@ impl Position {
     pub fn finished(&self) -> bool {
         self.stage >= 3
     }
+
+    /// Whether this is a place in a schedule of `epochs` with `steps_per_epoch` steps per
+    /// epoch: stage, epoch and batch in range (or the end of the schedule), and the step count
+    /// the steps before them.
+    pub fn fits(&self, steps_per_epoch: usize, epochs: &[usize; 3]) -> bool {
+        let in_range = match self.stage {
+            0..=2 => self.epoch < epochs[self.stage] && self.batch < steps_per_epoch,
+            3 => self.epoch == 0 && self.batch == 0,
+            _ => false,
+        };
+        let before: usize = epochs[..self.stage.min(3)].iter().sum();
+        let steps = ((before + self.epoch) as u64)
+            .checked_mul(steps_per_epoch as u64)
+            .and_then(|s| s.checked_add(self.batch as u64));
+        in_range && steps == Some(self.step)
+    }
 }
 
 /// Steps in the whole schedule.
@@ -133,6 +149,27 @@ mod tests {
         assert_eq!(p.step, 24);
         assert_eq!(seen[8], (1, 0, 0));
         assert_eq!(seen[23], (2, 2, 3));
+    }
+
+    #[test]
+    fn only_places_in_the_schedule_fit() {
+        let epochs = [2, 1, 3];
+        let mut p = Position::START;
+        while !p.finished() {
+            assert!(p.fits(4, &epochs), "{p:?}");
+            p = p.advance(4, &epochs);
+        }
+        assert!(p.fits(4, &epochs), "the end: {p:?}");
+        let at = |stage, epoch, batch, step| Position {
+            stage,
+            epoch,
+            batch,
+            step,
+        };
+        assert!(!at(7, 0, 0, 24).fits(4, &epochs), "no stage 7");
+        assert!(!at(0, 1, 4, 8).fits(4, &epochs), "batch past the epoch");
+        assert!(!at(1, 0, 0, 9).fits(4, &epochs), "step count off");
+        assert!(!at(0, 0, 0, u64::MAX).fits(4, &epochs));
     }
 
     #[test]

@@ -21,15 +21,16 @@ use tracing::{info, warn};
 
 use crate::augment::{self, Normalize};
 use crate::batches::{self, Batches, StepInput};
-use crate::checkpoint::{self, Meta};
+use crate::checkpoint::{self, Expect, Meta};
 use crate::config::{Config, Precision};
-use crate::data::{shard, Dataset};
+use crate::data::{shard, Dataset, Fingerprint};
 use crate::dist::{self, Collectives};
 pub use crate::error::TrainError;
 use crate::loss::{cauchy_infonce_part, Rows};
 use crate::model::{Network, Readout};
 use crate::optim::{FlatParams, Span};
-use crate::outputs::{self, progress_bar, report, Phases, StepRecord, TrainLog};
+use crate::outputs::folder::RunFolder;
+use crate::outputs::{progress_bar, report, Phases, StepRecord, TrainLog};
 use crate::precision;
 use crate::schedule::{self, Position, STAGE_NAMES};
 use crate::timing::{Phase, PhaseClock};
@@ -67,6 +68,10 @@ pub struct Trainer<'a> {
     resident: Option<Tensor>,
     n_train: usize,
     steps_per_epoch: usize,
+    /// What the data is, recorded in every checkpoint.
+    fingerprint: Fingerprint,
+    /// Rank 0's hold on the run folder.
+    folder: Option<RunFolder>,
     /// Where the run continues: the newest checkpoint's position, or the start.
     start: Position,
     last_checkpoint: String,
@@ -81,11 +86,17 @@ pub fn prepare<'a>(
     data_dir: &Path,
     out: &Path,
 ) -> Result<Trainer<'a>, TrainError> {
-    let threads = if cfg.threads > 0 {
-        cfg.threads
-    } else {
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        (cores / comm.local().0.max(1)).max(1)
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = match cfg.threads {
+        0 => (cores / comm.local().0.max(1)).max(1),
+        t if t > cores => {
+            warn!(
+                threads = t,
+                cores, "more threads than this node's cores: using {cores}"
+            );
+            cores
+        }
+        t => t,
     };
     tch::set_num_threads(threads as i32);
     tch::set_num_interop_threads(1);
@@ -93,6 +104,7 @@ pub fn prepare<'a>(
         tch::Cuda::cudnn_set_benchmark(true);
     }
     let data = Dataset::open(data_dir)?;
+    cfg.validate_data([data.channels, data.height, data.width], data.n_train)?;
     let pool = if cfg.train_on_test {
         data.len()
     } else {
@@ -109,15 +121,12 @@ pub fn prepare<'a>(
             data_dir.display()
         )));
     }
+    let folder = match comm.is_root() {
+        true => Some(RunFolder::open(out, &cfg)?),
+        false => None,
+    };
     if comm.is_root() {
-        std::fs::create_dir_all(out.join("checkpoints")).map_err(|e| {
-            TrainError::Setup(format!(
-                "cannot create output folder {}: {e}; choose another --out",
-                out.display()
-            ))
-        })?;
         checkpoint::clean_partial(&out.join("checkpoints"));
-        outputs::write_atomic_bytes(&out.join("config.toml"), cfg.to_resolved_toml().as_bytes())?;
     }
     tch::manual_seed(cfg.seed as i64);
     let vs = nn::VarStore::new(device);
@@ -136,7 +145,16 @@ pub fn prepare<'a>(
     let resident = batches::fits_on_device(n_train, data.image_len())
         .then(|| data.gather(0..n_train).to(device));
     let steps_per_epoch = shard::steps_per_epoch(n_train, cfg.batch_size);
-    let resume_from = checkpoint::latest(&out.join("checkpoints"), &cfg)?;
+    let fingerprint = data.fingerprint();
+    let expect = Expect {
+        config: &cfg,
+        data: &fingerprint,
+        steps_per_epoch,
+    };
+    let resume = checkpoint::resume(&out.join("checkpoints"), &expect, &vs, &flat)?;
+    for (dir, why) in resume.skipped.iter().filter(|_| comm.is_root()) {
+        warn!(checkpoint = %dir.display(), "skipped: {why}; trying the next older one");
+    }
     info!(
         dataset = %data.name,
         images = data.len(),
@@ -161,11 +179,12 @@ pub fn prepare<'a>(
         resident,
         n_train,
         steps_per_epoch,
+        fingerprint,
+        folder,
         start: Position::START,
         last_checkpoint: "none".into(),
     };
-    if let Some(ck) = resume_from {
-        checkpoint::restore(&ck, &trainer.vs, &trainer.flat)?;
+    if let Some(ck) = resume.from {
         info!(
             checkpoint = %ck.dir.display(),
             step = ck.meta.position.step,
@@ -224,7 +243,13 @@ impl<'a> Trainer<'a> {
             self.device,
         );
         let mut pending: Option<Pending> = None;
-        let mut stop_all = false;
+        // A stop asked for before the first step (any rank): nothing new to save.
+        let early = f64::from(u8::from(stop.load(Ordering::Relaxed)));
+        let mut stop_all = self.comm.max_host(&[early])[0] > 0.0;
+        if stop_all {
+            self.mark_stopped(pos, &self.last_checkpoint.clone())?;
+            return Ok(Outcome::Stopped);
+        }
         while !pos.finished() {
             if self.cfg.max_steps > 0 && pos.step >= self.cfg.max_steps {
                 self.settle(pending.take(), &mut progress)?;
@@ -256,7 +281,7 @@ impl<'a> Trainer<'a> {
                 self.settle(pending.take(), &mut progress)?;
                 progress.bar.finish_and_clear();
                 let ck = self.save(pos, false, progress.last_loss)?;
-                warn!(step = pos.step, checkpoint = %ck, "stopped on request; run the same command again to resume");
+                self.mark_stopped(pos, &ck)?;
                 return Ok(Outcome::Stopped);
             }
         }
@@ -374,6 +399,7 @@ impl<'a> Trainer<'a> {
                 "epoch done"
             )
         });
+        self.data.check_unchanged()?;
         let stage_end = next.stage != pos.stage;
         if stage_end || (pos.epoch + 1) % self.cfg.checkpoint_every == 0 {
             self.last_checkpoint = self.save(next, stage_end, p.last_loss)?;
@@ -403,18 +429,38 @@ impl<'a> Trainer<'a> {
         hidden.to_kind(Kind::Float)
     }
 
+    /// Says that the run stopped on request at `pos` (rank 0: the marker job scripts read).
+    fn mark_stopped(&self, pos: Position, checkpoint: &str) -> Result<(), TrainError> {
+        if let Some(folder) = &self.folder {
+            folder.mark_stopped(pos.step, checkpoint)?;
+        }
+        warn!(
+            step = pos.step,
+            checkpoint, "stopped on request; run the same command again to resume"
+        );
+        Ok(())
+    }
+
     fn save(&self, position: Position, stage_end: bool, loss: f64) -> Result<String, TrainError> {
+        if !self.flat.all_finite() {
+            return Err(TrainError::NotFiniteParameters {
+                step: position.step,
+                last: self.last_checkpoint.clone(),
+            });
+        }
         dist::average_buffers(self.comm, &self.vs)?;
         if !self.comm.is_root() {
             return Ok(String::new());
         }
         let meta = Meta {
-            format: 1,
+            format: checkpoint::FORMAT,
             position,
             stage_end,
             world_size: self.comm.world(),
             loss,
             state_bytes: 0,
+            state_sha256: None,
+            data: Some(self.fingerprint.clone()),
             config: self.cfg.clone(),
         };
         let root = self.out.join("checkpoints");
@@ -424,6 +470,7 @@ impl<'a> Trainer<'a> {
 
     /// Embeds every image (train and test); rank 0 writes the report.
     fn finish(&self) -> Result<(), TrainError> {
+        self.data.check_unchanged()?;
         dist::average_buffers(self.comm, &self.vs)?;
         let embedding = self.embed_all()?;
         if self.comm.is_root() {

@@ -7,8 +7,13 @@ use std::path::Path;
 
 /// Runs `args` on two ranks and checks the one-line, non-zero outcome; returns the line.
 fn refuses<S: AsRef<str>>(args: &[S], expect: &str) -> String {
+    refuses_on(2, args, expect).1
+}
+
+/// As `refuses`, on `ranks` ranks; returns the exit code and the line.
+fn refuses_on<S: AsRef<str>>(ranks: usize, args: &[S], expect: &str) -> (i32, String) {
     let args: Vec<&str> = args.iter().map(AsRef::as_ref).collect();
-    let run = mpirun(2, &args);
+    let run = mpirun(ranks, &args);
     assert_ne!(run.code, 0, "{args:?} succeeded:\n{}", run.stderr);
     let ours: Vec<&str> = run
         .stderr
@@ -31,7 +36,7 @@ fn refuses<S: AsRef<str>>(args: &[S], expect: &str) -> String {
         "{}",
         run.stderr
     );
-    ours[0].to_owned()
+    (run.code, ours[0].to_owned())
 }
 
 /// A small run of the built-in config on `data` into `out`, with `sets` on top.
@@ -44,25 +49,6 @@ fn small_run(data: &str, out: &str, sets: &[&str]) -> Vec<String> {
     ];
     let sets: Vec<&str> = base.iter().chain(sets).copied().collect();
     train_args(None, Path::new(data), Path::new(out), &sets)
-}
-
-fn write(path: &Path, bytes: &[u8]) {
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    std::fs::write(path, bytes).unwrap();
-}
-
-/// An IDX folder: `n` 4×4 images and labels, with optional damage.
-fn write_idx(dir: &Path, n: u32, magic: u8, images_short_by: usize, labels: u32) {
-    let mut images = vec![0, 0, 8, magic];
-    for d in [n, 4, 4] {
-        images.extend(d.to_be_bytes());
-    }
-    images.extend(vec![7u8; 16 * n as usize - images_short_by]);
-    write(&dir.join("train-images-idx3-ubyte"), &images);
-    let mut l = vec![0, 0, 8, 1];
-    l.extend(labels.to_be_bytes());
-    l.extend((0..labels).map(|i| (i % 10) as u8));
-    write(&dir.join("train-labels-idx1-ubyte"), &l);
 }
 
 #[test]
@@ -177,18 +163,18 @@ fn bad_inputs_each_give_one_line_and_a_non_zero_exit() {
     bytes[3073] = 42;
     std::fs::write(&b1, bytes).unwrap();
     refuses(&small_run(&labels, &out, &[]), "record 1 has label 42");
-    write_idx(Path::new(&t("magic")), 10, 9, 0, 10);
+    write_idx(Path::new(&t("magic")), 10, 4, 9, 0, 10);
     refuses(&small_run(&t("magic"), &out, &[]), "not an IDX file");
-    write_idx(Path::new(&t("short")), 10, 3, 16, 10);
+    write_idx(Path::new(&t("short")), 10, 4, 3, 16, 10);
     refuses(
         &small_run(&t("short"), &out, &[]),
         "header says 10 images but the file holds 9",
     );
-    write_idx(Path::new(&t("count")), 10, 3, 0, 8);
+    write_idx(Path::new(&t("count")), 10, 4, 3, 0, 8);
     refuses(&small_run(&t("count"), &out, &[]), "8 labels for 10 images");
-    write_idx(Path::new(&t("gz")), 10, 3, 0, 10);
+    write_idx(Path::new(&t("gz")), 10, 4, 3, 0, 10);
     std::fs::remove_file(Path::new(&t("gz")).join("train-images-idx3-ubyte")).unwrap();
-    write(
+    write_file(
         &Path::new(&t("gz")).join("train-images-idx3-ubyte.gz"),
         b"not gzip at all",
     );
@@ -204,8 +190,77 @@ fn bad_inputs_each_give_one_line_and_a_non_zero_exit() {
     // Output folders.
     let file = t("a-file");
     std::fs::write(&file, b"keep me").unwrap();
-    refuses(&small_run(&good, &file, &[]), "cannot create output folder");
+    refuses(&small_run(&good, &file, &[]), "is a file; choose a folder");
     assert_eq!(std::fs::read(&file).unwrap(), b"keep me");
+    let dangling = t("dangling");
+    std::os::unix::fs::symlink(t("nowhere"), &dangling).unwrap();
+    refuses(&small_run(&good, &dangling, &[]), "which does not exist");
+    let with_file = t("checkpoints-file");
+    write_file(&Path::new(&with_file).join("checkpoints"), b"keep me too");
+    refuses(&small_run(&good, &with_file, &[]), "checkpoints is a file");
+}
+
+/// Values that once reached libtorch unchecked (a panic, an allocation failure, a hang) and
+/// messages that once said something untrue: each is one true line now.
+#[test]
+fn values_and_paths_that_misled_get_one_true_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = |name: &str| tmp.path().join(name).to_str().unwrap().to_owned();
+    let good = t("cifar");
+    write_cifar10(Path::new(&good), 20);
+    let out = t("out");
+    for side in [1, 2] {
+        let tiny = t(&format!("idx-{side}"));
+        write_idx(Path::new(&tiny), 40, side, 3, 0, 40);
+        refuses(&small_run(&tiny, &out, &[]), "needs at least 4×4 pixels");
+    }
+    let (code, line) = refuses_on(
+        2,
+        &small_run(&good, &out, &["model.hidden_dim=1000000000000"]),
+        "model.hidden_dim",
+    );
+    assert_eq!(code, 2, "{line}");
+    refuses(
+        &small_run(&good, &out, &["threads=10000"]),
+        "threads = 10000",
+    );
+    refuses(&small_run(&good, &out, &["knn_k=5000"]), "knn_k = 5000");
+    refuses(&small_run(&good, &out, &["knn_k=200"]), "the data has 100");
+    refuses(
+        &small_run(&good, &out, &["model.map_dim=1"]),
+        "model.map_dim = 1",
+    );
+    refuses(
+        &small_run(&good, &out, &["batch_size=big"]),
+        "config --set ",
+    );
+    let junk = format!("batch_size = {}", "9".repeat(5000));
+    let file = t("junk.toml");
+    std::fs::write(&file, junk).unwrap();
+    let line = refuses(
+        &["train", "--config", &file, "--data", &good, "--out", &out],
+        "junk.toml",
+    );
+    assert!(
+        line.len() < 400,
+        "an error line quotes little of the input: {} chars",
+        line.len()
+    );
+
+    refuses(
+        &small_run(&t("cifar/data_batch_1.bin"), &out, &[]),
+        "is a file; pass the folder",
+    );
+    let link = t("data-link");
+    std::os::unix::fs::symlink(t("gone"), &link).unwrap();
+    refuses(&small_run(&link, &out, &[]), "is a link to");
+    let empty = t("idx-empty");
+    write_idx(Path::new(&empty), 0, 4, 3, 0, 0);
+    refuses(&small_run(&empty, &out, &[]), "holds no images");
+
+    // A run of batch 16 resumed on 3 ranks: the advice is about ranks, not the batch.
+    let (code, line) = refuses_on(3, &small_run(&good, &out, &[]), "launch 1, 2, 4, 8 ranks");
+    assert_eq!(code, 2, "{line}");
 }
 
 #[test]

@@ -9,8 +9,11 @@ pub mod idx;
 pub mod shard;
 
 use std::path::{Path, PathBuf};
+use std::time::SystemTime;
 
 use memmap2::Mmap;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 /// A data problem: names the file and says what is wrong with it.
 #[derive(Debug, thiserror::Error)]
@@ -26,6 +29,12 @@ pub enum DataError {
     UnknownFormat(PathBuf),
     #[error("{path}: {message}")]
     Malformed { path: PathBuf, message: String },
+    #[error("--data {0} is a file; pass the folder that holds the data files")]
+    NotAFolder(PathBuf),
+    #[error("--data {path} is a link to {target}, which does not exist")]
+    DanglingLink { path: PathBuf, target: PathBuf },
+    #[error("{0} changed while the run was using it (its size or modification time); the run stops here and resumes from its last checkpoint once the data is back as it was")]
+    Changed(PathBuf),
 }
 
 impl DataError {
@@ -55,15 +64,37 @@ impl Split {
 
 /// Bytes of a file: memory-mapped, or decompressed into memory for `.gz` files.
 pub(crate) enum Bytes {
-    Mapped(Mmap),
+    Mapped {
+        map: Mmap,
+        path: PathBuf,
+        stamp: Stamp,
+    },
     Owned(Vec<u8>),
+}
+
+/// A file's size and modification time when it was mapped: if they change, the map may no
+/// longer hold what was read (or reading it may fault).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Stamp {
+    len: u64,
+    modified: Option<SystemTime>,
+}
+
+impl Stamp {
+    fn of(path: &Path) -> std::io::Result<Stamp> {
+        let meta = std::fs::metadata(path)?;
+        Ok(Stamp {
+            len: meta.len(),
+            modified: meta.modified().ok(),
+        })
+    }
 }
 
 impl std::ops::Deref for Bytes {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
         match self {
-            Bytes::Mapped(m) => m,
+            Bytes::Mapped { map, .. } => map,
             Bytes::Owned(v) => v,
         }
     }
@@ -86,10 +117,16 @@ impl Bytes {
                 })?;
             return Ok(Bytes::Owned(out));
         }
-        // SAFETY: the map is read-only; a file changed under a running job is outside what we
-        // can defend against, as for any reader of a memory-mapped data set.
+        let stamp = Stamp::of(path).map_err(io)?;
+        // SAFETY: the map is read-only. A file changed under a running job could change or cut
+        // what the map shows; `Dataset::check_unchanged` looks for that at every epoch end and
+        // before the final embedding (README: what is not protected).
         let map = unsafe { Mmap::map(&file) }.map_err(io)?;
-        Ok(Bytes::Mapped(map))
+        Ok(Bytes::Mapped {
+            map,
+            path: path.to_owned(),
+            stamp,
+        })
     }
 }
 
@@ -121,6 +158,15 @@ impl Dataset {
     /// Opens the data folder `path`, detecting the format from the file names.
     pub fn open(path: &Path) -> Result<Dataset, DataError> {
         if !path.is_dir() {
+            if let Ok(target) = std::fs::read_link(path) {
+                if !path.exists() {
+                    let path = path.to_owned();
+                    return Err(DataError::DanglingLink { path, target });
+                }
+            }
+            if path.exists() {
+                return Err(DataError::NotAFolder(path.to_owned()));
+            }
             return Err(DataError::Missing(path.to_owned()));
         }
         if let Some(ds) = cifar::open(path)? {
@@ -172,6 +218,38 @@ impl Dataset {
         } else {
             Split::Test
         }
+    }
+
+    /// What identifies the data a run trains on, checked when a run resumes: format, images per
+    /// split, image shape, and a digest of every label and of 64 images spread over the set.
+    pub fn fingerprint(&self) -> Fingerprint {
+        let mut hash = Sha256::new();
+        for label in &self.labels {
+            hash.update(label.to_le_bytes());
+        }
+        let n = self.len();
+        for k in 0..SAMPLED.min(n) {
+            hash.update(self.image(k * n / SAMPLED.min(n)));
+        }
+        Fingerprint {
+            format: self.name.clone(),
+            train: self.n_train,
+            test: self.n_test,
+            shape: [self.channels, self.height, self.width],
+            digest: hex(&hash.finalize()[..16]),
+        }
+    }
+
+    /// Fails if a data file changed since it was opened (a change while the run uses it).
+    pub fn check_unchanged(&self) -> Result<(), DataError> {
+        for part in &self.parts {
+            if let Bytes::Mapped { path, stamp, .. } = &part.bytes {
+                if Stamp::of(path).ok().as_ref() != Some(stamp) {
+                    return Err(DataError::Changed(path.clone()));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Per-channel mean and standard deviation of the pixels (in [0, 1]) of the first `n` images.
@@ -226,6 +304,45 @@ impl Dataset {
     }
 }
 
+/// Images whose bytes enter the data's digest.
+const SAMPLED: usize = 64;
+
+/// What identifies a data folder's contents (see [`Dataset::fingerprint`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fingerprint {
+    pub format: String,
+    pub train: usize,
+    pub test: usize,
+    /// Channels, height, width.
+    pub shape: [usize; 3],
+    pub digest: String,
+}
+
+impl Fingerprint {
+    /// How `now` differs from `self`, in words; `None` if it does not.
+    pub fn difference(&self, now: &Fingerprint) -> Option<String> {
+        let both = |what: &str, a: String, b: String| format!("{what}: {a} then, {b} now");
+        if self.format != now.format {
+            return Some(both("format", self.format.clone(), now.format.clone()));
+        }
+        if (self.train, self.test) != (now.train, now.test) {
+            let split = |f: &Fingerprint| format!("{} training + {} test images", f.train, f.test);
+            return Some(both("size", split(self), split(now)));
+        }
+        if self.shape != now.shape {
+            let s = |f: &Fingerprint| format!("{}×{}×{}", f.shape[0], f.shape[1], f.shape[2]);
+            return Some(both("image shape", s(self), s(now)));
+        }
+        (self.digest != now.digest)
+            .then(|| "the same size and shape, other images or labels".into())
+    }
+}
+
+/// Lower-case hex of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// Checks that a file holds `header + count × stride` bytes, naming what is missing.
 pub(crate) fn check_size(
     path: &Path,
@@ -239,7 +356,13 @@ pub(crate) fn check_size(
             format!("{len} bytes is shorter than its {header}-byte header; the file is truncated"),
         )
     })?;
-    if body == 0 || body % stride != 0 {
+    if body == 0 {
+        return Err(DataError::malformed(
+            path,
+            "holds no images (only its header); it is empty or cut short",
+        ));
+    }
+    if body % stride != 0 {
         return Err(DataError::malformed(
             path,
             format!(

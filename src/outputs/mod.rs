@@ -2,6 +2,7 @@
 //! `train-log.jsonl`, and at the end the report ([`report`]): `embedding.npy`, `embedding.csv`,
 //! `metrics.json` and `map.png`.
 
+pub mod folder;
 pub mod report;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};

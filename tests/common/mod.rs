@@ -51,6 +51,27 @@ pub fn write_cifar10(dir: &Path, per_file: usize) {
     }
 }
 
+/// Writes `bytes` to `path`, making its folder.
+pub fn write_file(path: &Path, bytes: &[u8]) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, bytes).unwrap();
+}
+
+/// IDX training files in `dir`: `n` grey `side`×`side` images (magic byte `magic`, the image
+/// bytes `short_by` short) and `labels` labels.
+pub fn write_idx(dir: &Path, n: u32, side: u32, magic: u8, short_by: usize, labels: u32) {
+    let mut images = vec![0, 0, 8, magic];
+    for d in [n, side, side] {
+        images.extend(d.to_be_bytes());
+    }
+    images.extend(vec![7u8; (side * side * n) as usize - short_by]);
+    write_file(&dir.join("train-images-idx3-ubyte"), &images);
+    let mut l = vec![0, 0, 8, 1];
+    l.extend(labels.to_be_bytes());
+    l.extend((0..labels).map(|i| (i % 10) as u8));
+    write_file(&dir.join("train-labels-idx1-ubyte"), &l);
+}
+
 /// A scratch folder (removed when dropped) with a CIFAR-10 folder `cifar/` in it (see
 /// [`write_cifar10`]); returns both.
 pub fn scratch_with_cifar(per_file: usize) -> (tempfile::TempDir, PathBuf) {
