@@ -3,6 +3,7 @@
 #   bash launch/local.sh --gpus 8 -- train --config configs/paper-cifar10.toml --data D --out O
 #   bash launch/local.sh --cpu 2  -- train --config configs/cpu.toml --data D --out O
 #   bash launch/local.sh --cpu 2 --dry-run -- train ...     prints the command, runs nothing
+# Exit code: the run's, and 75 whenever the run stopped on request with a checkpoint.
 # GPU ranks: rank i takes the node's GPU i (tsimcne-dist picks it by its node-local rank), NCCL
 # reports warnings only. CPU ranks: the machine's cores split evenly between the ranks.
 # TSIMCNE_BIN overrides the binary (default: target/release/tsimcne-dist).
@@ -38,4 +39,11 @@ if ((dry)); then
   printf '%q ' "${cmd[@]}"; echo
   exit 0
 fi
-exec "${cmd[@]}"
+# A run stopped on request exits 75, but mpirun may report 1 for it: the run's STOPPED marker
+# in its --out folder says what happened (cleared here first, so it is this run's).
+out=; prev=
+for a in "$@"; do [ "$prev" = --out ] && out=$a; prev=$a; done
+[ -z "$out" ] || rm -f "$out/STOPPED"
+rc=0; "${cmd[@]}" || rc=$?
+if [ -n "$out" ] && [ -f "$out/STOPPED" ]; then exit 75; fi
+exit "$rc"

@@ -11,9 +11,11 @@
 # Exit code of tsimcne-dist after a requested stop with its checkpoint written.
 readonly TSIMCNE_STOPPED=75
 
-# run_preemptible COMMAND...: runs COMMAND, forwarding USR1/TERM; requeues on exit code 75.
+# run_preemptible COMMAND...: runs COMMAND, forwarding USR1/TERM; requeues when the run stopped
+# on request: exit code 75, or $OUT/STOPPED written (mpirun can report 1 for ranks' 75).
 run_preemptible() {
   echo "tsimcne job ${SLURM_JOB_ID:-?} (restart ${SLURM_RESTART_COUNT:-0}) on ${SLURM_JOB_NODELIST:-?}: $*"
+  rm -f "$OUT/STOPPED"
   "$@" &
   local pid=$! rc
   trap 'echo "signal received: asking the ranks to checkpoint and stop"; kill -USR1 "$pid" 2>/dev/null' USR1 TERM
@@ -23,7 +25,7 @@ run_preemptible() {
     kill -0 "$pid" 2>/dev/null || break
   done
   trap - USR1 TERM
-  if [ "$rc" -eq "$TSIMCNE_STOPPED" ] && [ -n "${SLURM_JOB_ID:-}" ]; then
+  if { [ "$rc" -eq "$TSIMCNE_STOPPED" ] || [ -f "$OUT/STOPPED" ]; } && [ -n "${SLURM_JOB_ID:-}" ]; then
     echo "stopped with a checkpoint: requeueing job $SLURM_JOB_ID"
     scontrol requeue "$SLURM_JOB_ID"
     exit 0

@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
@@ -52,18 +52,9 @@ enum Command {
 fn main() -> ExitCode {
     // Signals are watched from the first instant: a stop asked for while MPI starts or the data
     // loads ends the run with 75 before its first step (nothing to save); later, after the step
-    // under way and a checkpoint. A second SIGTERM or SIGINT while stopping ends it at once.
+    // under way and a checkpoint.
     let stop = Arc::new(AtomicBool::new(false));
-    let watched = [SIGTERM, SIGINT]
-        .into_iter()
-        .try_for_each(|s| {
-            signal_hook::flag::register_conditional_shutdown(s, 1, Arc::clone(&stop)).map(drop)
-        })
-        .and_then(|_| {
-            [SIGTERM, SIGINT, SIGUSR1, SIGHUP]
-                .into_iter()
-                .try_for_each(|s| signal_hook::flag::register(s, Arc::clone(&stop)).map(drop))
-        });
+    let watched = watch_signals(&stop);
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) if !e.use_stderr() => {
@@ -151,6 +142,46 @@ fn main() -> ExitCode {
             ExitCode::from(EXIT_FAILED)
         }
     }
+}
+
+/// Seconds (monotonic) at the first stop request; 0 before any.
+static FIRST_STOP: AtomicI64 = AtomicI64::new(0);
+/// A request this long after the first means "now": the process ends at once (exit 130).
+const INSIST_AFTER_S: i64 = 3;
+
+/// SIGUSR1 (SLURM's warning before the time limit), SIGTERM, SIGINT and SIGHUP raise `stop`.
+/// The same request arriving twice within a few seconds is one request (a launcher forwards the
+/// terminal's Ctrl-C that the ranks also got; SLURM signals the ranks beside the job script); a
+/// SIGTERM, SIGINT or SIGHUP after that ends the process at once.
+fn watch_signals(stop: &Arc<AtomicBool>) -> std::io::Result<()> {
+    for signal in [SIGTERM, SIGINT, SIGHUP, SIGUSR1] {
+        let stop = Arc::clone(stop);
+        let action = move || {
+            let now = monotonic_seconds();
+            let first = FIRST_STOP.load(Ordering::SeqCst);
+            if first == 0 {
+                FIRST_STOP.store(now.max(1), Ordering::SeqCst);
+                stop.store(true, Ordering::SeqCst);
+            } else if signal != SIGUSR1 && now - first >= INSIST_AFTER_S {
+                // SAFETY: _exit is async-signal-safe and ends the process without unwinding.
+                unsafe { libc::_exit(130) };
+            }
+        };
+        // SAFETY: the action only reads the clock, touches atomics and may call _exit, all
+        // async-signal-safe.
+        unsafe { signal_hook::low_level::register(signal, action) }?;
+    }
+    Ok(())
+}
+
+fn monotonic_seconds() -> i64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec we own; it is async-signal-safe.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec
 }
 
 /// This process's rank as the launcher set it (OpenMPI, PMIx, SLURM), before MPI starts.

@@ -3,27 +3,7 @@
 
 mod common;
 use common::*;
-use std::path::Path;
 use std::time::Duration;
-
-/// The pid of the tsimcne-dist process that is `rank` of the job writing to `out`.
-fn rank_pid(out: &Path, rank: usize) -> Option<i32> {
-    let out = out.to_str()?;
-    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
-        let pid: i32 = e.file_name().to_str()?.parse().ok()?;
-        let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
-        let cmdline = String::from_utf8_lossy(&cmdline);
-        if !cmdline.starts_with(BIN) || !cmdline.contains(out) {
-            return None;
-        }
-        let environ = std::fs::read(e.path().join("environ")).ok()?;
-        let wanted = format!("OMPI_COMM_WORLD_RANK={rank}");
-        environ
-            .split(|&b| b == 0)
-            .any(|v| v == wanted.as_bytes())
-            .then_some(pid)
-    })
-}
 
 fn kill_rank_then_resume(rank: usize, after_checkpoints: usize) {
     let (tmp, data) = scratch_with_cifar(40);
@@ -46,9 +26,10 @@ fn kill_rank_then_resume(rank: usize, after_checkpoints: usize) {
     wait_for("the checkpoints", Duration::from_secs(120), || {
         folders() >= after_checkpoints
     });
-    let pid = rank_pid(&out, rank).expect("the rank's process");
-    // SAFETY: a plain syscall on a process of this test's own job.
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+    signal(
+        rank_pid(&out, rank).expect("the rank's process"),
+        libc::SIGKILL,
+    );
     wait_for(
         &format!("the other rank to end after rank {rank} died"),
         Duration::from_secs(30),

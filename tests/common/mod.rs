@@ -115,6 +115,59 @@ pub fn mpirun_command(ranks: usize, args: &[&str]) -> Command {
     cmd
 }
 
+/// Runs `cmd`, does `during` while it runs, and collects its outcome.
+pub fn run_while(mut cmd: Command, during: impl FnOnce(u32)) -> Run {
+    use std::process::Stdio;
+    let child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    // The output is read on its own thread, so that a full pipe cannot stall the job.
+    let collect = std::thread::spawn(move || child.wait_with_output().unwrap());
+    during(pid);
+    finish(collect.join().unwrap())
+}
+
+/// The pid of the tsimcne-dist process that is `rank` of the job writing to `out`.
+pub fn rank_pid(out: &Path, rank: usize) -> Option<i32> {
+    let out = out.to_str()?;
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+        let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+        let cmdline = String::from_utf8_lossy(&cmdline);
+        if !cmdline.starts_with(BIN) || !cmdline.contains(out) {
+            return None;
+        }
+        let environ = std::fs::read(e.path().join("environ")).ok()?;
+        let wanted = format!("OMPI_COMM_WORLD_RANK={rank}");
+        let singleton = !environ.windows(15).any(|w| w == b"OMPI_COMM_WORLD");
+        (singleton && rank == 0 || environ.split(|&b| b == 0).any(|v| v == wanted.as_bytes()))
+            .then_some(pid)
+    })
+}
+
+/// Whether process `pid` has a handler for `signal` installed (its SigCgt mask).
+pub fn catches(pid: i32, signal: i32) -> bool {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigCgt:"))
+        .and_then(|m| u64::from_str_radix(m.trim(), 16).ok())
+        .is_some_and(|mask| mask & (1 << (signal - 1)) != 0)
+}
+
+/// Sends `signal` to process `pid` (a negative pid: its process group).
+pub fn signal(pid: i32, signal: i32) {
+    // SAFETY: a plain syscall on a process (group) of this test's own job.
+    assert_eq!(
+        unsafe { libc::kill(pid, signal) },
+        0,
+        "kill({pid}, {signal})"
+    );
+}
+
 pub fn mpirun(ranks: usize, args: &[&str]) -> Run {
     finish(mpirun_command(ranks, args).output().unwrap())
 }
