@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Side-by-side CPU figures for benchmarks/RESULTS.md, all in one run on this machine:
-#   throughput  images/s of tsimcne-dist (1 rank × 2 threads, 2 ranks × 1 thread), a plain
+#   throughput  images/s (steps after the first) of tsimcne-dist (1 rank × 2 threads, 2 ranks × 1 thread), a plain
 #               PyTorch script of the same network, batch and augmentations
 #               (benchmarks/torch_reference.py) and the PyPI tsimcne package
 #               (benchmarks/reference_tsimcne.py), for the tiny CNN and for ResNet-18;
@@ -68,7 +68,7 @@ PY
 if [ "$what" = all ] || [ "$what" = throughput ]; then
   echo "| network, batch | tsimcne-dist 1×2 | tsimcne-dist 2×1 | PyTorch script | tsimcne 0.4.24 | ÷ script | ÷ tsimcne | 2×1 ÷ 1×2 |"
   echo "| --- | --- | --- | --- | --- | --- | --- | --- |"
-  throughput tiny-512 tiny 512 8 5
+  throughput tiny-512 tiny 512 16 5
   throughput resnet18-128 resnet18 128 4 3
 fi
 

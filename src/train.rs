@@ -15,7 +15,6 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use indicatif::ProgressBar;
 use tch::{nn, Device, Kind, Tensor};
 use tracing::{info, warn};
 
@@ -30,7 +29,8 @@ use crate::loss::{cauchy_infonce_part, Rows};
 use crate::model::{Network, Readout};
 use crate::optim::{FlatParams, Span};
 use crate::outputs::folder::RunFolder;
-use crate::outputs::{progress_bar, report, Phases, StepRecord, TrainLog};
+use crate::outputs::progress::Progress;
+use crate::outputs::{report, Phases};
 use crate::precision;
 use crate::schedule::{self, Position, STAGE_NAMES};
 use crate::timing::{Phase, PhaseClock};
@@ -203,15 +203,8 @@ struct Pending {
     lr: f64,
     tail: Tensor,
     phases: Option<Phases>,
-}
-
-/// What the loop reports as steps are settled: the step log, the progress bar, the loss.
-struct Progress {
-    log: Option<TrainLog>,
-    bar: ProgressBar,
-    settled_at: Instant,
-    last_loss: f64,
-    epoch_loss: (f64, usize),
+    /// When the step began; it ends when the next one begins (or when it is read, if last).
+    started: Instant,
 }
 
 impl<'a> Trainer<'a> {
@@ -220,20 +213,9 @@ impl<'a> Trainer<'a> {
     pub fn run(mut self, stop: &AtomicBool) -> Result<Outcome, TrainError> {
         let root = self.comm.is_root();
         let mut pos = self.start;
-        let mut progress = Progress {
-            log: match root {
-                true => Some(TrainLog::open(&self.out.join("train-log.jsonl"), pos.step)?),
-                false => None,
-            },
-            bar: progress_bar(
-                root,
-                schedule::total_steps(&self.cfg, self.steps_per_epoch),
-                pos.step,
-            ),
-            settled_at: Instant::now(),
-            last_loss: f64::NAN,
-            epoch_loss: (0.0, 0),
-        };
+        let log = self.out.join("train-log.jsonl");
+        let total = schedule::total_steps(&self.cfg, self.steps_per_epoch);
+        let mut progress = Progress::new(root.then_some(log.as_path()), total, pos.step)?;
         let mut batches = Batches::new(
             &self.cfg,
             (self.comm.rank(), self.comm.world()),
@@ -252,12 +234,13 @@ impl<'a> Trainer<'a> {
         }
         while !pos.finished() {
             if self.cfg.max_steps > 0 && pos.step >= self.cfg.max_steps {
-                self.settle(pending.take(), &mut progress)?;
-                progress.bar.finish_and_clear();
+                self.settle(pending.take(), None, &mut progress)?;
+                progress.close(false);
                 let ck = self.save(pos, false, progress.last_loss)?;
                 info!(step = pos.step, checkpoint = %ck, "max_steps reached");
                 return Ok(Outcome::StepLimit);
             }
+            let started = Instant::now();
             let input = batches.take(pos);
             let lr = schedule::learning_rate(&self.cfg, &pos, self.steps_per_epoch);
             let mut clock = PhaseClock::new(self.cfg.phase_timing, self.device);
@@ -269,23 +252,24 @@ impl<'a> Trainer<'a> {
                 lr,
                 tail,
                 phases,
+                started,
             });
-            stop_all |= self.settle(previous, &mut progress)?;
+            stop_all |= self.settle(previous, Some(started), &mut progress)?;
             let next = pos.advance(self.steps_per_epoch, &self.cfg.epochs);
             if next.epoch != pos.epoch || next.stage != pos.stage {
-                stop_all |= self.settle(pending.take(), &mut progress)?;
+                stop_all |= self.settle(pending.take(), None, &mut progress)?;
                 self.end_epoch(pos, next, &mut progress)?;
             }
             pos = next;
             if stop_all && !pos.finished() {
-                self.settle(pending.take(), &mut progress)?;
-                progress.bar.finish_and_clear();
+                self.settle(pending.take(), None, &mut progress)?;
+                progress.close(false);
                 let ck = self.save(pos, false, progress.last_loss)?;
                 self.mark_stopped(pos, &ck)?;
                 return Ok(Outcome::Stopped);
             }
         }
-        progress.bar.finish_and_clear();
+        progress.close(false);
         self.finish()?;
         Ok(Outcome::Finished)
     }
@@ -341,7 +325,12 @@ impl<'a> Trainer<'a> {
 
     /// Reads a pending step's loss and stop flag, logs the step, and stops the run on a loss
     /// that is not finite. Returns whether any rank asked to stop.
-    fn settle(&self, step: Option<Pending>, p: &mut Progress) -> Result<bool, TrainError> {
+    fn settle(
+        &self,
+        step: Option<Pending>,
+        ended: Option<Instant>,
+        p: &mut Progress,
+    ) -> Result<bool, TrainError> {
         let Some(step) = step else {
             return Ok(false);
         };
@@ -349,7 +338,7 @@ impl<'a> Trainer<'a> {
         let (loss, stop) = (f64::from(tail[0]), tail[1] > 0.0);
         let pos = step.pos;
         if !loss.is_finite() {
-            p.bar.abandon();
+            p.close(true);
             return Err(TrainError::NotFinite {
                 loss,
                 step: pos.step,
@@ -358,25 +347,9 @@ impl<'a> Trainer<'a> {
                 last: self.last_checkpoint.clone(),
             });
         }
-        let seconds = p.settled_at.elapsed().as_secs_f64();
-        p.settled_at = Instant::now();
-        p.last_loss = loss;
-        p.epoch_loss = (p.epoch_loss.0 + loss, p.epoch_loss.1 + 1);
-        if let Some(log) = p.log.as_mut() {
-            log.append(&StepRecord {
-                stage: pos.stage,
-                epoch: pos.epoch,
-                step: pos.step,
-                loss,
-                lr: step.lr,
-                images_per_s: self.cfg.batch_size as f64 / seconds,
-                phases: step.phases,
-            })?;
-        }
-        let stage = STAGE_NAMES[pos.stage];
-        p.bar
-            .set_message(format!("{stage} ep {} loss {loss:.4}", pos.epoch));
-        p.bar.inc(1);
+        let seconds = ended.unwrap_or_else(Instant::now) - step.started;
+        let images_per_s = self.cfg.batch_size as f64 / seconds.as_secs_f64();
+        p.step(pos, loss, step.lr, images_per_s, step.phases)?;
         Ok(stop)
     }
 
@@ -388,17 +361,7 @@ impl<'a> Trainer<'a> {
         next: Position,
         p: &mut Progress,
     ) -> Result<(), TrainError> {
-        let mean = p.epoch_loss.0 / p.epoch_loss.1.max(1) as f64;
-        p.epoch_loss = (0.0, 0);
-        p.bar.suspend(|| {
-            info!(
-                stage = STAGE_NAMES[pos.stage],
-                epoch = pos.epoch + 1,
-                of = self.cfg.epochs[pos.stage],
-                loss = format!("{mean:.4}"),
-                "epoch done"
-            )
-        });
+        p.end_epoch(pos, self.cfg.epochs[pos.stage]);
         self.data.check_unchanged()?;
         let stage_end = next.stage != pos.stage;
         if stage_end || (pos.epoch + 1) % self.cfg.checkpoint_every == 0 {

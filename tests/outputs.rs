@@ -46,6 +46,24 @@ fn a_finished_run_writes_its_outputs_and_learns_the_classes() {
         assert!(first.get(key).is_some(), "log lacks {key}: {first}");
     }
     assert_eq!(log.lines().count(), 60, "6 steps per epoch, 10 epochs");
+    // Each step's images/s is its own: a step's time runs from its start to the next one's
+    // (a step read late must not be charged with its successor's time, or with none).
+    let mut rates: Vec<f64> = log
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["images_per_s"]
+                .as_f64()
+                .unwrap()
+        })
+        .collect();
+    rates.sort_by(f64::total_cmp);
+    let median = rates[rates.len() / 2];
+    assert!(
+        rates
+            .iter()
+            .all(|&r| r.is_finite() && r > 0.0 && r < 10.0 * median),
+        "a step's rate is far from the others (median {median}): {rates:?}"
+    );
 
     let csv = std::fs::read_to_string(out.join("embedding.csv")).unwrap();
     let mut lines = csv.lines();

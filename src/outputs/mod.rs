@@ -3,9 +3,8 @@
 //! `metrics.json` and `map.png`.
 
 pub mod folder;
+pub mod progress;
 pub mod report;
-
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use std::fs::File;
 use std::io::Write;
@@ -162,22 +161,6 @@ pub fn write_csv(
         out.push('\n');
     }
     write_atomic_bytes(path, out.as_bytes())
-}
-
-/// Rank 0's progress bar over the whole schedule (`total` steps, `done` of them already), with
-/// the ETA; hidden on other ranks.
-pub fn progress_bar(visible: bool, total: u64, done: u64) -> ProgressBar {
-    if !visible {
-        return ProgressBar::hidden();
-    }
-    let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
-    bar.set_style(
-        ProgressStyle::with_template("{bar:30} {pos}/{len} steps · {msg} · {per_sec} · ETA {eta}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-    bar.set_position(done);
-    bar.reset_eta();
-    bar
 }
 
 #[cfg(test)]
