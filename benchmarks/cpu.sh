@@ -45,6 +45,10 @@ throughput_round() {  # label, backbone, batch, steps, round
   dist_json "tsimcne-dist" "$run-r2" 2 1 >"$out/$label-dist-2x1-$round.json"
   "$py" benchmarks/torch_reference.py --config configs/cpu.toml --data "$data" "${sets[@]}" \
     --threads 2 --max-steps "$steps" --json "$out/$label-torch-$round.json" >/dev/null
+  # The same script with the malloc settings tsimcne-dist makes for itself (src/main.rs).
+  MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=2147483647 "$py" benchmarks/torch_reference.py \
+    --config configs/cpu.toml --data "$data" "${sets[@]}" --threads 2 --max-steps "$steps" \
+    --json "$out/$label-torchmalloc-$round.json" >/dev/null
   "$py" benchmarks/reference_tsimcne.py --data "$data" --backbone "$backbone" --batch-size "$batch" \
     --images $((batch * steps)) --threads 2 --json "$out/$label-tsimcne-$round.json" >/dev/null 2>&1
 }
@@ -59,15 +63,16 @@ import json, statistics, sys
 label, out, rounds = sys.argv[1], sys.argv[2], int(sys.argv[3])
 def med(k):
     return statistics.median(json.load(open(f"{out}/{label}-{k}-{r}.json"))["images_per_s"] for r in range(1, rounds + 1))
-r = {k: med(k) for k in ["dist-1x2", "dist-2x1", "torch", "tsimcne"]}
-print(f"| {label} | {r['dist-1x2']:.0f} | {r['dist-2x1']:.0f} | {r['torch']:.0f} | {r['tsimcne']:.0f} "
-      f"| {r['dist-1x2'] / r['torch']:.2f} | {r['dist-1x2'] / r['tsimcne']:.2f} | {r['dist-2x1'] / r['dist-1x2']:.2f} |", flush=True)
+r = {k: med(k) for k in ["dist-1x2", "dist-2x1", "torch", "torchmalloc", "tsimcne"]}
+print(f"| {label} | {r['dist-1x2']:.0f} | {r['dist-2x1']:.0f} | {r['torch']:.0f} | {r['torchmalloc']:.0f} | {r['tsimcne']:.0f} "
+      f"| {r['dist-1x2'] / r['torch']:.2f} | {r['dist-2x1'] / r['torch']:.2f} | {r['dist-1x2'] / r['torchmalloc']:.2f} "
+      f"| {r['dist-1x2'] / r['tsimcne']:.2f} | {r['dist-2x1'] / r['dist-1x2']:.2f} |", flush=True)
 PY
 }
 
 if [ "$what" = all ] || [ "$what" = throughput ]; then
-  echo "| network, batch | tsimcne-dist 1×2 | tsimcne-dist 2×1 | PyTorch script | tsimcne 0.4.24 | ÷ script | ÷ tsimcne | 2×1 ÷ 1×2 |"
-  echo "| --- | --- | --- | --- | --- | --- | --- | --- |"
+  echo "| network, batch | tsimcne-dist 1×2 | tsimcne-dist 2×1 | PyTorch script | script, same malloc settings | tsimcne 0.4.24 | 1×2 ÷ script | 2×1 ÷ script | 1×2 ÷ script, same malloc | 1×2 ÷ tsimcne | 2×1 ÷ 1×2 |"
+  echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
   throughput tiny-512 tiny 512 16 5
   throughput resnet18-128 resnet18 128 4 3
 fi

@@ -50,6 +50,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    keep_freed_memory();
     // Signals are watched from the first instant: a stop asked for while MPI starts or the data
     // loads ends the run with 75 before its first step (nothing to save); later, after the step
     // under way and a checkpoint.
@@ -140,6 +141,24 @@ fn main() -> ExitCode {
                 comm.abort(i32::from(EXIT_FAILED));
             }
             ExitCode::from(EXIT_FAILED)
+        }
+    }
+}
+
+/// Every step allocates and frees the same large activations (51 MB for one tiny-CNN layer at
+/// batch 512). glibc serves blocks above 32 MB with a fresh mmap each time, and the kernel
+/// then faults in and zeroes every page on first touch, every step: measured here, 30 % of a
+/// CPU step. Served from the heap and not trimmed, the blocks are reused: the tiny CNN went
+/// from 908 to 1,289 images/s on 2 cores. A user's own MALLOC_MMAP_MAX_ or
+/// MALLOC_TRIM_THRESHOLD_ wins.
+fn keep_freed_memory() {
+    // SAFETY: mallopt only changes malloc's parameters; called before any other thread starts.
+    unsafe {
+        if std::env::var_os("MALLOC_MMAP_MAX_").is_none() {
+            libc::mallopt(libc::M_MMAP_MAX, 0);
+        }
+        if std::env::var_os("MALLOC_TRIM_THRESHOLD_").is_none() {
+            libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
         }
     }
 }
