@@ -206,6 +206,9 @@ pub struct Config {
     pub precision: Precision,
     /// Neighbours for the kNN accuracy of the map.
     pub knn_k: usize,
+    /// Images per forward pass on a rank (0: the rank's whole share at once). Smaller passes
+    /// bound the memory a global batch needs; each step then runs the network forward twice.
+    pub micro_batch: usize,
     /// Split each step's time into data, compute, wait and communication in the step log.
     /// Costs a barrier before each collective and, on a GPU, a device synchronisation at each
     /// phase's end; off, a step's wall time alone is logged and nothing waits.
@@ -229,6 +232,7 @@ impl Default for Config {
             device: DeviceChoice::Auto,
             precision: Precision::Fp32,
             knn_k: 15,
+            micro_batch: 0,
             phase_timing: false,
             model: ModelConfig::default(),
             optim: OptimConfig::default(),

@@ -7,9 +7,12 @@
 //!   → reduce-scatter (sum) → dL/dz (own rows) → backward into the flat gradient buffer
 //!   → all-reduce (gradients + loss + stop flag) → clip → SGD on the stage's span
 //! ```
-//! Every rank holds the same parameters and takes the same steps; rank 0 writes. A step's loss
+//! Every rank holds the same parameters and takes the same steps; rank 0 writes. The network's
+//! passes, whole or in micro-batches, are in [`passes`]. A step's loss
 //! and stop flag stay on the device until the next step is queued (read one step late, and at
 //! every epoch end), so nothing in a step waits for the device.
+
+mod passes;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,7 +24,7 @@ use tracing::{info, warn};
 use crate::augment::{self, Normalize};
 use crate::batches::{self, Batches, StepInput};
 use crate::checkpoint::{self, Expect, Meta};
-use crate::config::{Config, Precision};
+use crate::config::Config;
 use crate::data::{shard, Dataset, Fingerprint};
 use crate::dist::{self, Collectives};
 pub use crate::error::TrainError;
@@ -31,7 +34,6 @@ use crate::optim::{FlatParams, Span};
 use crate::outputs::folder::RunFolder;
 use crate::outputs::progress::Progress;
 use crate::outputs::{report, Phases};
-use crate::precision;
 use crate::schedule::{self, Position, STAGE_NAMES};
 use crate::timing::{Phase, PhaseClock};
 
@@ -288,11 +290,7 @@ impl<'a> Trainer<'a> {
         let views = augment::apply(&self.images(input), &input.table, &self.norm);
         clock.lap(Phase::Data);
 
-        let hidden = match plan.trains_trunk {
-            true => self.trunk(&views, true),
-            false => tch::no_grad(|| self.trunk(&views, true)),
-        };
-        let z = self.net.readout(&hidden, plan.readout);
+        let z = self.project(&views, plan);
         clock.lap_network(Phase::Compute);
         clock.wait_for_all(self.comm);
         let gathered = self.comm.all_gather(&z.detach())?.set_requires_grad(true);
@@ -310,9 +308,8 @@ impl<'a> Trainer<'a> {
 
         // Backward from this rank's rows into the gradient buffer; loss and stop flag beside it.
         self.flat.zero_grads();
-        let seed = (&z * grad_mine).sum(Kind::Float);
         clock.lap(Phase::Compute);
-        seed.backward();
+        self.backpropagate(&views, &z, &grad_mine, plan);
         clock.lap_network(Phase::Compute);
         self.flat.set_tail(&part, stop);
         clock.wait_for_all(self.comm);
@@ -379,17 +376,6 @@ impl<'a> Trainer<'a> {
                 self.data.gather(host).to(self.device)
             }
         }
-    }
-
-    /// The network up to the readout, under bf16 autocast if the config asks for it; the
-    /// readout after it always runs in f32 (bf16's steps at the map's scale are as large as
-    /// the distances between neighbours).
-    fn trunk(&self, images: &Tensor, train: bool) -> Tensor {
-        let hidden = match self.cfg.precision {
-            Precision::Fp32 => self.net.trunk(images, train),
-            Precision::Bf16 => precision::bf16(self.device, || self.net.trunk(images, train)),
-        };
-        hidden.to_kind(Kind::Float)
     }
 
     /// Says that the run stopped on request at `pos` (rank 0: the marker job scripts read).
