@@ -22,6 +22,8 @@ if [ "$cmd" = stop ]; then stop; exit 0; fi
 [ "$(id -u)" -eq 0 ] || { echo "the SLURM test cluster needs root" >&2; exit 2; }
 mkdir -p "$dir"/{state,spool,munge,log}
 host=$(hostname -s)
+# Ports of our own, so that two test runs on one machine (a developer's and CI's) do not meet.
+port=${SLURM_TEST_PORT:-$((20000 + $$ % 20000))}
 cpus=$(nproc)
 mem=$(( $(awk '/MemTotal/ {print $2}' /proc/meminfo) / 1024 / 2 ))
 
@@ -37,8 +39,8 @@ cat >"$dir/slurm.conf" <<CONF
 ClusterName=tsimcne-test
 SlurmctldHost=$host
 SlurmUser=root
-SlurmctldPort=16817
-SlurmdPort=16818
+SlurmctldPort=$port
+SlurmdPort=$((port + 1))
 AuthType=auth/munge
 AuthInfo=socket=$dir/munge/socket
 CredType=cred/munge
