@@ -44,6 +44,18 @@ fi
 out=; prev=
 for a in "$@"; do [ "$prev" = --out ] && out=$a; prev=$a; done
 [ -z "$out" ] || rm -f "$out/STOPPED"
-rc=0; "${cmd[@]}" || rc=$?
+# mpirun runs in a process group of its own (job control), so a terminal's Ctrl-C reaches this
+# script alone, which asks the ranks to stop through mpirun with SIGUSR1: mpirun forwards it and
+# waits (a SIGINT or SIGTERM it got itself, it would pass on and kill the ranks 1 s later,
+# perhaps before their checkpoint). A second Ctrl-C or a SIGTERM passes SIGTERM on.
+set -m
+"${cmd[@]}" &
+pid=$! asked=0
+trap 'if ((asked)); then kill -TERM "$pid"; else asked=1; kill -USR1 "$pid"; fi 2>/dev/null' INT TERM
+rc=0
+while true; do
+  rc=0; wait "$pid" || rc=$?
+  kill -0 "$pid" 2>/dev/null || break
+done
 if [ -n "$out" ] && [ -f "$out/STOPPED" ]; then exit 75; fi
 exit "$rc"
