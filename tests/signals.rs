@@ -1,12 +1,11 @@
 //! Stop requests, from the first instant to the last step: a signal before the first step ends
-//! the run with 75 (nothing new to save); a terminal's Ctrl-C to a whole mpirun job, a SIGTERM
-//! to mpirun alone, and a Ctrl-C to launch/local.sh stop it with a checkpoint and the STOPPED
-//! marker, and the run then resumes and ends as an uninterrupted run. local.sh exits 75 (mpirun
-//! reports 1 for its ranks' 75).
+//! the run with 75 (nothing new to save); SIGINT to the ranks (as SIGTERM), SIGUSR1 to mpirun,
+//! and a Ctrl-C to launch/local.sh stop it with a checkpoint and the STOPPED marker, and the run
+//! then resumes and ends as an uninterrupted run. local.sh exits 75 (mpirun may report 1 for its
+//! ranks' 75).
 
 mod common;
 use common::*;
-use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
@@ -71,32 +70,33 @@ fn losses_if_any(out: &Path) -> Vec<f64> {
 }
 
 #[test]
-fn ctrl_c_to_the_whole_job_stops_it_with_a_checkpoint_and_it_resumes() {
+fn sigint_to_the_ranks_stops_the_run_as_sigterm_does_and_it_resumes() {
     let (tmp, data) = scratch_with_cifar(40);
     let out = tmp.path().join("run");
-    let mut cmd = mpirun_command(2, &strs(&args(&data, &out)));
-    cmd.process_group(0);
-    let run = run_while(cmd, |pid| {
+    let run = run_while(mpirun_command(2, &strs(&args(&data, &out))), |_| {
         wait_for("a checkpoint", Duration::from_secs(120), || {
             !checkpoint_steps(&out).is_empty()
         });
-        // As a terminal does: SIGINT to every process of the job; mpirun forwards it too.
-        signal(-(pid as i32), libc::SIGINT);
+        for rank in 0..2 {
+            signal(rank_pid(&out, rank).expect("the rank"), libc::SIGINT);
+        }
     });
     assert!(!run.stderr.contains("panicked"), "{}", run.stderr);
     assert!(run.stderr.contains("stopped on request"), "{}", run.stderr);
     resumes_to_the_uninterrupted_end(&data, &out, tmp.path());
 }
 
+/// mpirun passes SIGUSR1 on and waits for the ranks (a SIGTERM or SIGINT of its own it passes
+/// on too, but kills the ranks a second later: not something a test can wait on).
 #[test]
-fn sigterm_to_mpirun_alone_stops_the_job() {
+fn sigusr1_to_mpirun_stops_the_job() {
     let (tmp, data) = scratch_with_cifar(40);
     let out = tmp.path().join("run");
     let run = run_while(mpirun_command(2, &strs(&args(&data, &out))), |pid| {
         wait_for("a checkpoint", Duration::from_secs(120), || {
             !checkpoint_steps(&out).is_empty()
         });
-        signal(pid as i32, libc::SIGTERM);
+        signal(pid as i32, libc::SIGUSR1);
     });
     assert!(run.stderr.contains("stopped on request"), "{}", run.stderr);
     resumes_to_the_uninterrupted_end(&data, &out, tmp.path());
