@@ -477,40 +477,24 @@ mod tests {
             train: 100,
             ..data()
         };
-        let e = resume(
-            root,
-            &Expect {
-                data: &other,
-                ..expect
-            },
-            &vs,
-            &opt,
-        )
-        .unwrap_err();
+        let refused = |e: &Expect| resume(root, e, &vs, &opt).unwrap_err().to_string();
+        let e = refused(&Expect {
+            data: &other,
+            ..expect
+        });
         assert!(
-            e.to_string()
-                .contains("50000 training + 10000 test images then, 100 training"),
+            e.contains("50000 training + 10000 test images then, 100 training"),
             "{e}"
         );
         let config = Config {
             batch_size: 512,
             ..Config::default()
         };
-        let e = resume(
-            root,
-            &Expect {
-                config: &config,
-                ..expect
-            },
-            &vs,
-            &opt,
-        )
-        .unwrap_err();
-        assert!(
-            e.to_string()
-                .contains("batch_size differs: 1024 there, 512 now"),
-            "{e}"
-        );
+        let e = refused(&Expect {
+            config: &config,
+            ..expect
+        });
+        assert!(e.contains("batch_size differs: 1024 there, 512 now"), "{e}");
 
         // Nothing usable left: one error naming the newest and why, never a fresh start.
         for step in [4, 2] {

@@ -14,29 +14,7 @@ fn refuses<S: AsRef<str>>(args: &[S], expect: &str) -> String {
 fn refuses_on<S: AsRef<str>>(ranks: usize, args: &[S], expect: &str) -> (i32, String) {
     let args: Vec<&str> = args.iter().map(AsRef::as_ref).collect();
     let run = mpirun(ranks, &args);
-    assert_ne!(run.code, 0, "{args:?} succeeded:\n{}", run.stderr);
-    let ours: Vec<&str> = run
-        .stderr
-        .lines()
-        .filter(|l| l.starts_with("tsimcne-dist"))
-        .collect();
-    assert_eq!(
-        ours.len(),
-        1,
-        "{args:?}: expected one line, got:\n{}",
-        run.stderr
-    );
-    assert!(
-        ours[0].contains(expect),
-        "{args:?}: {:?} lacks {expect:?}",
-        ours[0]
-    );
-    assert!(
-        !run.stderr.contains("panicked") && !run.stderr.contains("backtrace"),
-        "{}",
-        run.stderr
-    );
-    (run.code, ours[0].to_owned())
+    (run.code, one_error_line(&run, expect))
 }
 
 /// A small run of the built-in config on `data` into `out`, with `sets` on top.

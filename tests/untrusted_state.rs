@@ -194,14 +194,7 @@ fn no_usable_checkpoint_or_other_data_stops_with_one_line_and_changes_nothing() 
     assert_ok(&run(2, &data, &stopped, &["max_steps=30"]));
     let one_line = |r: &Run, expect: &str| {
         assert_eq!(r.code, 2, "{}", r.stderr);
-        let ours: Vec<&str> = r
-            .stderr
-            .lines()
-            .filter(|l| l.starts_with("tsimcne-dist"))
-            .collect();
-        assert_eq!(ours.len(), 1, "{}", r.stderr);
-        assert!(ours[0].contains(expect), "{}", ours[0]);
-        assert!(!r.stderr.contains("panicked"), "{}", r.stderr);
+        one_error_line(r, expect);
     };
 
     // Other data under the same --out: smaller, larger, another format.

@@ -257,6 +257,25 @@ pub fn checkpoint_steps(out: &Path) -> Vec<u64> {
     steps
 }
 
+/// Checks that `run` failed with exactly one `tsimcne-dist…` line containing `expect`, and no
+/// panic or backtrace; returns the line.
+pub fn one_error_line(run: &Run, expect: &str) -> String {
+    assert_ne!(run.code, 0, "succeeded:\n{}", run.stderr);
+    let ours: Vec<&str> = run
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("tsimcne-dist"))
+        .collect();
+    assert_eq!(ours.len(), 1, "expected one line, got:\n{}", run.stderr);
+    assert!(ours[0].contains(expect), "{:?} lacks {expect:?}", ours[0]);
+    assert!(
+        !run.stderr.contains("panicked") && !run.stderr.contains("backtrace"),
+        "{}",
+        run.stderr
+    );
+    ours[0].to_owned()
+}
+
 pub fn assert_ok(run: &Run) {
     assert_eq!(run.code, 0, "run failed:\n{}", run.stderr);
 }
