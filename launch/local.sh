@@ -45,9 +45,9 @@ out=; prev=
 for a in "$@"; do [ "$prev" = --out ] && out=$a; prev=$a; done
 [ -z "$out" ] || rm -f "$out/STOPPED"
 # mpirun runs in a process group of its own (job control), so a terminal's Ctrl-C reaches this
-# script alone, which asks the ranks to stop through mpirun with SIGUSR1: mpirun forwards it and
-# waits (a SIGINT or SIGTERM it got itself, it would pass on and kill the ranks 1 s later,
-# perhaps before their checkpoint). A second Ctrl-C or a SIGTERM passes SIGTERM on.
+# script alone. The first Ctrl-C (or SIGTERM) asks the ranks to stop through mpirun with
+# SIGUSR1: mpirun forwards it and waits (a SIGINT or SIGTERM of its own it would pass on and
+# kill the ranks 1 s later, perhaps before their checkpoint). A second one passes SIGTERM on.
 set -m
 "${cmd[@]}" &
 pid=$! asked=0

@@ -6,6 +6,7 @@
 
 mod common;
 use common::*;
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
@@ -113,6 +114,15 @@ fn ctrl_c_to_local_sh_stops_the_run_and_it_says_75() {
         .env("TSIMCNE_BIN", BIN)
         .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
         .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1");
+    // A process started in the background inherits SIGINT ignored, and a shell cannot trap a
+    // signal ignored on entry: give the script the disposition a terminal's foreground job has.
+    // SAFETY: between fork and exec only signal(2), which is async-signal-safe, is called.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::signal(libc::SIGINT, libc::SIG_DFL);
+            Ok(())
+        });
+    }
     let run = run_while(cmd, |script| {
         wait_for("a checkpoint", Duration::from_secs(120), || {
             !checkpoint_steps(&out).is_empty()
