@@ -30,8 +30,22 @@ run_preemptible() {
     scontrol requeue "$SLURM_JOB_ID"
     exit 0
   fi
-  echo "tsimcne-dist exited with $rc"
+  if [ "$rc" -ne 0 ]; then
+    # One line that says what to do, under whatever the launcher printed about a lost rank.
+    local newest
+    newest=$(find "$OUT/checkpoints" -maxdepth 1 -name 'step-*' 2>/dev/null | sort | tail -1)
+    echo "tsimcne-dist exited with $rc (a rank failed, or its node died); the newest checkpoint is ${newest:-none}: submit the job again to resume from it"
+  else
+    echo "tsimcne-dist exited with 0"
+  fi
   exit "$rc"
+}
+
+# `-x NAME` for every NCCL_* variable set here (the network interface, InfiniBand adapters).
+nccl_exports() {
+  local v
+  for v in $(compgen -e); do [[ $v == NCCL_* ]] && printf -- '-x %s ' "$v"; done
+  return 0
 }
 
 # The launcher of one rank per task: srun with PMIx, or mpirun inside the allocation.
@@ -43,7 +57,9 @@ launcher() {
       --ntasks="$(scontrol show job "$SLURM_JOB_ID" | grep -o 'NumTasks=[0-9]*' | cut -d= -f2)" ;;
     mpirun)
       local root=(); [ "$(id -u)" -ne 0 ] || root=(--allow-run-as-root)
-      echo mpirun --bind-to none "${root[@]}" -x OMP_NUM_THREADS ;;
+      # mpirun passes on only what -x names to ranks it starts on other hosts (srun and SLURM's
+      # mpirun inside an allocation pass on everything): the thread count and NCCL's settings.
+      echo mpirun --bind-to none "${root[@]}" -x OMP_NUM_THREADS $(nccl_exports) ;;
     *) echo "LAUNCHER must be srun or mpirun, not $LAUNCHER" >&2; exit 2 ;;
   esac
 }

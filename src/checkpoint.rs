@@ -340,6 +340,7 @@ fn check_compatible(dir: &Path, was: &Config, now: &Config) -> Result<(), Checkp
         c.device = crate::config::DeviceChoice::Auto;
         c.phase_timing = false;
         c.micro_batch = 0;
+        c.stall_timeout_s = 0.0;
         serde_json::to_value(c).unwrap_or_default()
     };
     let (was, now_v) = (norm(was), norm(now));

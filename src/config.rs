@@ -213,6 +213,10 @@ pub struct Config {
     /// Costs a barrier before each collective and, on a GPU, a device synchronisation at each
     /// phase's end; off, a step's wall time alone is logged and nothing waits.
     pub phase_timing: bool,
+    /// Seconds a collective may wait for the other ranks before this rank gives up (0: never).
+    /// A rank or node that dies mid-step leaves the others waiting in a collective that never
+    /// fails (MPI over TCP reports the lost peer and waits on), and their launcher with them.
+    pub stall_timeout_s: f64,
     pub model: ModelConfig,
     pub optim: OptimConfig,
     pub augment: AugmentConfig,
@@ -234,6 +238,7 @@ impl Default for Config {
             knn_k: 15,
             micro_batch: 0,
             phase_timing: false,
+            stall_timeout_s: 600.0,
             model: ModelConfig::default(),
             optim: OptimConfig::default(),
             augment: AugmentConfig::default(),
@@ -313,6 +318,12 @@ impl Config {
         if let Some(i) = self.epochs.iter().position(|&e| e == 0) {
             return bad(format!(
                 "epochs[{i}] = 0: every stage needs at least one epoch (epochs = [pretrain, map layer, fine-tune])"
+            ));
+        }
+        if !(self.stall_timeout_s.is_finite() && self.stall_timeout_s >= 0.0) {
+            return bad(format!(
+                "stall_timeout_s = {}: give seconds ≥ 0 (0: wait for the other ranks forever)",
+                self.stall_timeout_s
             ));
         }
         if self.checkpoint_every == 0 {

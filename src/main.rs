@@ -6,11 +6,14 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
 use tsimcne_dist::config::Config;
 use tsimcne_dist::dist::mpi::MpiCollectives;
+use tsimcne_dist::dist::placement::Placement;
+use tsimcne_dist::dist::watchdog::Watched;
 use tsimcne_dist::dist::{self, Collectives};
 use tsimcne_dist::train::{self, Outcome, TrainError};
 
@@ -109,6 +112,11 @@ fn main() -> ExitCode {
         Ok(v) => v,
         Err(code) => return code,
     };
+    let placement = Placement::here(mpi.local());
+    tracing::info!(target: PLACEMENT, device = ?device, "{placement}");
+    if let Some(why) = placement.disagreement() {
+        tracing::warn!("{why}");
+    }
     let comm = match dist::connect(mpi, device) {
         Ok(c) => c,
         Err(e) => {
@@ -117,7 +125,13 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_FAILED);
         }
     };
-    let comm = comm.as_ref();
+    let comm = Watched::new(
+        comm,
+        Duration::from_secs_f64(cfg.stall_timeout_s),
+        out.join("checkpoints").display().to_string(),
+        i32::from(EXIT_FAILED),
+    );
+    let comm: &dyn Collectives = &comm;
     let trainer = match agree(comm, train::prepare(cfg, device, comm, &data, &out)) {
         Ok(t) => t,
         Err(code) => return code,
@@ -245,12 +259,20 @@ fn report(comm: &dyn Collectives, e: &TrainError) {
     }
 }
 
+/// The log target of each rank's placement line.
+const PLACEMENT: &str = "placement";
+
 /// Logs to stderr, every line tagged with the rank; `RUST_LOG` filters (default: info on rank
-/// 0, warnings on the others).
+/// 0, warnings and the placement line on the others).
 fn init_logging(rank: usize, world: usize) {
     use tracing_subscriber::EnvFilter;
-    let default = if rank == 0 { "info" } else { "warn" };
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    // Every rank says where it runs (a multi-node job's log then maps ranks to nodes).
+    let default = if rank == 0 {
+        "info".to_owned()
+    } else {
+        format!("warn,{PLACEMENT}=info")
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&default));
     let width = world.to_string().len();
     let tag = format!("rank {rank:>width$}/{world}");
     tracing_subscriber::fmt()

@@ -15,7 +15,12 @@ use crate::outputs::Phases;
 pub enum Phase {
     Data,
     Compute,
-    Comm,
+    /// The all-gather of the projections.
+    Gather,
+    /// The reduce-scatter of their gradients.
+    Scatter,
+    /// The all-reduce of the parameters' gradients.
+    Reduce,
 }
 
 /// Splits a step's wall time into phases when `phase_timing` is on. Then it synchronises the
@@ -63,7 +68,9 @@ impl PhaseClock {
         *match phase {
             Phase::Data => &mut t.data_s,
             Phase::Compute => &mut t.compute_s,
-            Phase::Comm => &mut t.comm_s,
+            Phase::Gather => &mut t.gather_s,
+            Phase::Scatter => &mut t.scatter_s,
+            Phase::Reduce => &mut t.reduce_s,
         } += s;
         let ops = opcount::count();
         let since = ops.zip(l.ops_last).map_or(0, |(now, last)| now - last);
@@ -92,13 +99,23 @@ impl PhaseClock {
     pub fn finish(self, comm: &dyn Collectives) -> Option<Phases> {
         let l = self.on?;
         let t = l.phases;
-        let s = comm.max_host(&[t.data_s, t.compute_s, t.wait_s, t.comm_s]);
+        let s = comm.max_host(&[
+            t.data_s,
+            t.compute_s,
+            t.wait_s,
+            t.gather_s,
+            t.scatter_s,
+            t.reduce_s,
+        ]);
         let total = l.ops_last.zip(l.ops_start).map(|(end, start)| end - start);
         Some(Phases {
             data_s: s[0],
             compute_s: s[1],
             wait_s: s[2],
-            comm_s: s[3],
+            comm_s: s[3] + s[4] + s[5],
+            gather_s: s[3],
+            scatter_s: s[4],
+            reduce_s: s[5],
             ops_outside_network: total.map(|n| n - l.ops_network),
             ops_network: total.map(|_| l.ops_network),
         })

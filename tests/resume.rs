@@ -82,3 +82,25 @@ fn two_ranks_stopped_mid_stage_continue_on_one() {
         assert!((x - y).abs() <= 1e-5 * x.abs(), "{x} vs {y}");
     }
 }
+
+#[test]
+fn the_same_command_again_at_its_step_limit_keeps_the_checkpoint_resumable() {
+    let (tmp, data) = scratch_with_cifar(20);
+    let out = tmp.path().join("run");
+    let meta = |step: u64| {
+        let path = out.join(format!("checkpoints/step-{step:010}/meta.json"));
+        std::fs::read_to_string(path).unwrap()
+    };
+    assert_ok(&train(1, "exactness.toml", &data, &out, &["max_steps=2"]));
+    let written = meta(2);
+    // Again: nothing to run. The checkpoint stays as it was (it once was written anew with no
+    // loss, as `null`, and then no later run could resume it).
+    let again = train(1, "exactness.toml", &data, &out, &["max_steps=2"]);
+    assert_ok(&again);
+    assert!(again.stderr.contains("resumed"), "{}", again.stderr);
+    assert_eq!(meta(2), written);
+    let more = train(1, "exactness.toml", &data, &out, &["max_steps=3"]);
+    assert_ok(&more);
+    assert!(more.stderr.contains("step=2"), "{}", more.stderr);
+    assert_eq!(checkpoint_steps(&out).last(), Some(&3));
+}

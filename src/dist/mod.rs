@@ -5,6 +5,8 @@
 pub mod mpi;
 #[cfg(feature = "cuda")]
 pub mod nccl;
+pub mod placement;
+pub mod watchdog;
 
 use tch::{nn, Device, Kind, Tensor};
 

@@ -86,7 +86,14 @@ pub struct Phases {
     pub data_s: f64,
     pub compute_s: f64,
     pub wait_s: f64,
+    /// All communication: the three collectives below together.
     pub comm_s: f64,
+    /// The all-gather of the projections.
+    pub gather_s: f64,
+    /// The reduce-scatter of their gradients.
+    pub scatter_s: f64,
+    /// The all-reduce of the parameters' gradients (with the loss and stop flag).
+    pub reduce_s: f64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ops_outside_network: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

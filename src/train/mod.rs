@@ -238,7 +238,13 @@ impl<'a> Trainer<'a> {
             if self.cfg.max_steps > 0 && pos.step >= self.cfg.max_steps {
                 self.settle(pending.take(), None, &mut progress)?;
                 progress.close(false);
-                let ck = self.save(pos, false, progress.last_loss)?;
+                // Resumed at the limit, no step ran: the checkpoint resumed from is the answer
+                // (saving again would replace it with one that knows no loss).
+                let ck = if pos == self.start && self.start.step > 0 {
+                    self.last_checkpoint.clone()
+                } else {
+                    self.save(pos, false, progress.last_loss)?
+                };
                 info!(step = pos.step, checkpoint = %ck, "max_steps reached");
                 return Ok(Outcome::StepLimit);
             }
@@ -294,7 +300,7 @@ impl<'a> Trainer<'a> {
         clock.lap_network(Phase::Compute);
         clock.wait_for_all(self.comm);
         let gathered = self.comm.all_gather(&z.detach())?.set_requires_grad(true);
-        clock.lap(Phase::Comm);
+        clock.lap(Phase::Gather);
 
         // This rank's part of the global loss and its gradient with respect to every row.
         let rows = Rows::of_rank(self.comm.rank(), self.comm.world(), z.size()[0]);
@@ -304,7 +310,7 @@ impl<'a> Trainer<'a> {
         // Every rank's loss depends on every row; each rank needs the sum only for its own.
         clock.wait_for_all(self.comm);
         let grad_mine = self.comm.reduce_scatter_sum(&grad_all)?;
-        clock.lap(Phase::Comm);
+        clock.lap(Phase::Scatter);
 
         // Backward from this rank's rows into the gradient buffer; loss and stop flag beside it.
         self.flat.zero_grads();
@@ -314,7 +320,7 @@ impl<'a> Trainer<'a> {
         self.flat.set_tail(&part, stop);
         clock.wait_for_all(self.comm);
         self.comm.all_reduce_sum_(&self.flat.reduced(span))?;
-        clock.lap(Phase::Comm);
+        clock.lap(Phase::Reduce);
         self.flat.step(&self.cfg.optim, lr, span);
         clock.lap(Phase::Compute);
         Ok(self.flat.tail().copy())

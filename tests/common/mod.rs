@@ -2,6 +2,8 @@
 //! real binary under mpirun.
 #![allow(dead_code)]
 
+pub mod cluster;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
@@ -141,10 +143,19 @@ pub fn rank_pid(out: &Path, rank: usize) -> Option<i32> {
             return None;
         }
         let environ = std::fs::read(e.path().join("environ")).ok()?;
-        let wanted = format!("OMPI_COMM_WORLD_RANK={rank}");
-        let singleton = !environ.windows(15).any(|w| w == b"OMPI_COMM_WORLD");
-        (singleton && rank == 0 || environ.split(|&b| b == 0).any(|v| v == wanted.as_bytes()))
-            .then_some(pid)
+        // mpirun sets both variables, srun --mpi=pmix the second; a singleton neither.
+        let wanted = [
+            format!("OMPI_COMM_WORLD_RANK={rank}"),
+            format!("PMIX_RANK={rank}"),
+        ];
+        let vars: Vec<&[u8]> = environ.split(|&b| b == 0).collect();
+        let launched = vars
+            .iter()
+            .any(|v| v.starts_with(b"OMPI_COMM_WORLD_RANK=") || v.starts_with(b"PMIX_RANK="));
+        let mine = vars
+            .iter()
+            .any(|v| wanted.iter().any(|w| v == &w.as_bytes()));
+        (!launched && rank == 0 || mine).then_some(pid)
     })
 }
 

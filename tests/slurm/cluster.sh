@@ -1,26 +1,33 @@
 #!/usr/bin/env bash
-# A one-node SLURM cluster on this machine for the tests (Debian's slurm-wlm and munge, as root):
-#   bash tests/slurm/cluster.sh start DIR     writes DIR/slurm.conf, starts munged, slurmctld, slurmd
-#   bash tests/slurm/cluster.sh stop DIR      stops the daemons it started (their pids are in DIR)
+# A SLURM cluster of NODES nodes on this machine for the tests (Debian's slurm-wlm and munge, as
+# root). Nodes n1 … nN, each one slurmd of its own (`slurmd -N nK`, which Debian's build allows),
+# on this host's address and a port of its own, with its own spool and TmpFS; each node offers
+# all of this machine's cores.
+#   bash tests/slurm/cluster.sh start DIR [NODES]   writes DIR/slurm.conf, starts munged,
+#                                                   slurmctld and the slurmds (default 1 node)
+#   bash tests/slurm/cluster.sh stop DIR            stops the daemons it started (pids in DIR)
 # Clients find the cluster through SLURM_CONF=DIR/slurm.conf.
 set -euo pipefail
-cmd=$1 dir=$(realpath -m "$2")
+cmd=$1 dir=$(realpath -m "$2") nodes=${3:-1}
 
 stop() {
-  for d in slurmd slurmctld munged; do
-    [ -f "$dir/$d.pid" ] && kill "$(cat "$dir/$d.pid")" 2>/dev/null || true
+  local f
+  for f in "$dir"/slurmd.*.pid "$dir"/slurmctld.pid "$dir"/munged.pid; do
+    [ -f "$f" ] && kill "$(cat "$f")" 2>/dev/null || true
   done
   sleep 1
-  for d in slurmd slurmctld munged; do
-    [ -f "$dir/$d.pid" ] && kill -9 "$(cat "$dir/$d.pid")" 2>/dev/null || true
-    rm -f "$dir/$d.pid"
+  for f in "$dir"/slurmd.*.pid "$dir"/slurmctld.pid "$dir"/munged.pid; do
+    [ -f "$f" ] && kill -9 "$(cat "$f")" 2>/dev/null || true
+    rm -f "$f"
   done
 }
 
 if [ "$cmd" = stop ]; then stop; exit 0; fi
-[ "$cmd" = start ] || { echo "usage: $0 start|stop DIR" >&2; exit 2; }
+[ "$cmd" = start ] || { echo "usage: $0 start DIR [NODES] | stop DIR" >&2; exit 2; }
+[[ $nodes =~ ^[1-9]$ ]] || { echo "NODES must be 1 to 9, not $nodes" >&2; exit 2; }
 [ "$(id -u)" -eq 0 ] || { echo "the SLURM test cluster needs root" >&2; exit 2; }
-mkdir -p "$dir"/{state,spool,munge,log}
+mkdir -p "$dir"/{state,munge,log}
+for k in $(seq "$nodes"); do mkdir -p "$dir/spool/n$k" "$dir/tmp/n$k"; done
 host=$(hostname -s)
 # Ports of our own, so that two test runs on one machine (a developer's and CI's) do not meet.
 port=${SLURM_TEST_PORT:-$((20000 + $$ % 20000))}
@@ -40,16 +47,18 @@ ClusterName=tsimcne-test
 SlurmctldHost=$host
 SlurmUser=root
 SlurmctldPort=$port
-SlurmdPort=$((port + 1))
 AuthType=auth/munge
-AuthInfo=socket=$dir/munge/socket
+# Credentials expire after 10 s, not 120: a requeued job may start again that much sooner.
+AuthInfo=socket=$dir/munge/socket,cred_expire=10
 CredType=cred/munge
 StateSaveLocation=$dir/state
-SlurmdSpoolDir=$dir/spool
+SlurmdSpoolDir=$dir/spool/%n
 SlurmctldPidFile=$dir/slurmctld.pid
-SlurmdPidFile=$dir/slurmd.pid
+SlurmdPidFile=$dir/slurmd.%n.pid
 SlurmctldLogFile=$dir/log/slurmctld.log
-SlurmdLogFile=$dir/log/slurmd.log
+SlurmdLogFile=$dir/log/slurmd.%n.log
+# A TmpFS per node: the step daemons of two nodes would otherwise meet in PMIx's folder there.
+TmpFS=$dir/tmp/%n
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 SelectType=select/cons_tres
@@ -63,14 +72,16 @@ MinJobAge=600
 SlurmctldTimeout=30
 SlurmdTimeout=30
 InactiveLimit=0
-NodeName=$host CPUs=$cpus RealMemory=$mem State=UNKNOWN
-PartitionName=test Nodes=$host Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO
+NodeName=n[1-$nodes] NodeHostname=$host NodeAddr=127.0.0.1 Port=$((port + 1))-$((port + nodes)) CPUs=$cpus RealMemory=$mem State=UNKNOWN
+PartitionName=test Nodes=n[1-$nodes] Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO
 CONF
 export SLURM_CONF=$dir/slurm.conf
 slurmctld -f "$dir/slurm.conf"
-slurmd -f "$dir/slurm.conf"
+for k in $(seq "$nodes"); do slurmd -f "$dir/slurm.conf" -N "n$k"; done
 for _ in $(seq 60); do
-  if sinfo -h -o %t 2>/dev/null | grep -qE '^(idle|mix|alloc)'; then echo "slurm: up on $host"; exit 0; fi
+  if [ "$(sinfo -h -N -o %t 2>/dev/null | grep -cE '^(idle|mix|alloc)')" -eq "$nodes" ]; then
+    echo "slurm: $nodes node(s) up on $host"; exit 0
+  fi
   sleep 0.5
 done
 echo "slurm did not come up; logs in $dir/log" >&2
