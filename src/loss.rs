@@ -27,28 +27,65 @@ impl Rows {
     }
 }
 
+/// Similarities a block of rows may hold at once (rows × all rows): 2²⁶ floats, 256 MiB per
+/// matrix. A rank's rows against the whole global batch grow with the square of the batch
+/// (2b × 2B: 4 GiB per matrix at B = 16,384 on one rank, several alive for the backward pass),
+/// so larger parts are computed block by block.
+const BLOCK_ELEMENTS: i64 = 1 << 26;
+
 /// This rank's part of the global loss, a scalar differentiable with respect to `all`.
 pub fn cauchy_infonce_part(all: &Tensor, rows: Rows) -> Tensor {
+    cauchy_infonce_block(all, rows, 0, rows.local)
+}
+
+/// This rank's part of the global loss and its gradient with respect to every row of `all`
+/// (which carries no graph): the part computed in blocks of rows, each block's backward pass
+/// run before the next block is built, so that memory follows the block and not `rows`. The
+/// blocks' parts add up to the whole part (each row's term is its own), and so do their
+/// gradients. With a part small enough for one block the arithmetic is that of one pass.
+pub fn cauchy_infonce_part_and_gradient(all: &Tensor, rows: Rows) -> (Tensor, Tensor) {
+    let block = (BLOCK_ELEMENTS / rows.total.max(1)).clamp(1, rows.local.max(1));
+    let all = all.detach().set_requires_grad(true);
+    let mut loss: Option<Tensor> = None;
+    let mut grad: Option<Tensor> = None;
+    for start in (0..rows.local).step_by(block as usize) {
+        let part = cauchy_infonce_block(&all, rows, start, block.min(rows.local - start));
+        let g = Tensor::run_backward(&[&part], &[&all], false, false).remove(0);
+        let part = part.detach();
+        loss = Some(loss.map_or(part.shallow_clone(), |l| l + &part));
+        grad = Some(grad.map_or(g.shallow_clone(), |acc| acc + &g));
+    }
+    let zero = || Tensor::zeros([], (all.kind(), all.device()));
+    (
+        loss.unwrap_or_else(zero),
+        grad.unwrap_or_else(|| all.zeros_like()),
+    )
+}
+
+/// The terms of rows `start..start + len` of this rank's rows (sum over them, divided by the
+/// global 2B), differentiable with respect to `all`.
+fn cauchy_infonce_block(all: &Tensor, rows: Rows, start: i64, len: i64) -> Tensor {
     let Rows {
         offset,
         local,
         total,
     } = rows;
     let device = all.device();
-    let q = all.narrow(0, offset, local);
+    let q = all.narrow(0, offset + start, len);
     let kind = all.kind();
     let sq = (&q * &q).sum_dim_intlist(1, true, kind)
         + (all * all).sum_dim_intlist(1, false, kind).unsqueeze(0)
         - q.matmul(&all.transpose(0, 1)) * 2.0;
     // Expanded squared distances can round below zero; the log of the kernel is −log1p(d²).
     let logits = sq.clamp_min(0.0).log1p().neg();
-    let own = Tensor::arange(local, (Kind::Int64, device)) + offset;
+    // This block's rows as indices among the rank's rows, and among all rows.
+    let local_index = Tensor::arange(len, (Kind::Int64, device)) + start;
+    let own = &local_index + offset;
     let is_self = own
         .unsqueeze(1)
         .eq_tensor(&Tensor::arange(total, (Kind::Int64, device)).unsqueeze(0));
     let logits = logits.masked_fill(&is_self, f64::NEG_INFINITY);
     let half = local / 2;
-    let local_index = Tensor::arange(local, (Kind::Int64, device));
     let partner = (local_index + half).remainder(local) + offset;
     let positive = logits
         .gather(1, &partner.unsqueeze(1), false)
@@ -116,6 +153,38 @@ mod tests {
             })
             .sum();
         assert!((parts - naive(&z, 0, 6) - naive(&z, 6, 6)).abs() < 1e-12);
+    }
+
+    #[test]
+    fn blocks_of_rows_give_the_whole_parts_loss_and_gradient() {
+        let z = points(24);
+        let flat: Vec<f64> = z.iter().flatten().copied().collect();
+        let all = Tensor::from_slice(&flat)
+            .view([24, 2])
+            .to_kind(Kind::Double);
+        let rows = Rows {
+            offset: 12,
+            local: 12,
+            total: 24,
+        };
+        let (loss, grad) = cauchy_infonce_part_and_gradient(&all, rows);
+        let leaf = all.set_requires_grad(true);
+        let whole = cauchy_infonce_part(&leaf, rows);
+        let expected = Tensor::run_backward(&[&whole], &[&leaf], false, false).remove(0);
+        assert!((loss.double_value(&[]) - whole.double_value(&[])).abs() < 1e-12);
+        assert!(grad.allclose(&expected, 0.0, 1e-12, false));
+        // Blocks of 5, 5 and 2 rows, partners crossing block borders: the same sums.
+        let mut summed = 0.0;
+        let mut grads = all.zeros_like();
+        for (start, len) in [(0, 5), (5, 5), (10, 2)] {
+            let leaf = all.detach().set_requires_grad(true);
+            let part = cauchy_infonce_block(&leaf, rows, start, len);
+            summed += part.double_value(&[]);
+            grads += Tensor::run_backward(&[&part], &[&leaf], false, false).remove(0);
+        }
+        assert!((summed - whole.double_value(&[])).abs() < 1e-12);
+        assert!(grads.allclose(&expected, 0.0, 1e-12, false));
+        assert!((summed - naive(&z, 12, 12)).abs() < 1e-12);
     }
 
     #[test]

@@ -28,7 +28,7 @@ use crate::config::Config;
 use crate::data::{shard, Dataset, Fingerprint};
 use crate::dist::{self, Collectives};
 pub use crate::error::TrainError;
-use crate::loss::{cauchy_infonce_part, Rows};
+use crate::loss::{cauchy_infonce_part_and_gradient, Rows};
 use crate::model::{Network, Readout};
 use crate::optim::{FlatParams, Span};
 use crate::outputs::folder::RunFolder;
@@ -299,13 +299,12 @@ impl<'a> Trainer<'a> {
         let z = self.project(&views, plan);
         clock.lap_network(Phase::Compute);
         clock.wait_for_all(self.comm);
-        let gathered = self.comm.all_gather(&z.detach())?.set_requires_grad(true);
+        let gathered = self.comm.all_gather(&z.detach())?;
         clock.lap(Phase::Gather);
 
         // This rank's part of the global loss and its gradient with respect to every row.
         let rows = Rows::of_rank(self.comm.rank(), self.comm.world(), z.size()[0]);
-        let part = cauchy_infonce_part(&gathered, rows);
-        let grad_all = Tensor::run_backward(&[&part], &[&gathered], false, false).remove(0);
+        let (part, grad_all) = cauchy_infonce_part_and_gradient(&gathered, rows);
         clock.lap(Phase::Compute);
         // Every rank's loss depends on every row; each rank needs the sum only for its own.
         clock.wait_for_all(self.comm);
