@@ -14,15 +14,29 @@ large-batch case). With --accuracy-epochs, each batch size is also trained throu
 schedule on the largest world size and its map's kNN accuracy is reported.
 
 Writes OUT/scaling.csv, OUT/scaling.md and OUT/{images_per_s,efficiency,epoch_time,knn}.png.
+
+The accuracy study (what a batch-size study is for: does the map stay as good as the batch
+grows, and with which learning-rate rule?):
+
+    python benchmarks/scale.py --accuracy --data DIR [--label NAME] --epochs "[6,1,3]"
+        [--batches 256,...,16384] [--rules linear,sqrt,fixed] [--optimizers sgd,lars]
+        [--lars-lr 0.3] [--ranks 2] [--gpus] [--config FILE] [--set key=value ...]
+
+trains one whole schedule per optimizer × rule × global batch (the same epochs for all) on the
+largest world size of --ranks and writes OUT/accuracy-NAME.{csv,md,png}: the map's kNN
+accuracy, the final loss, images/s and time of each, and which runs diverged. Finished runs are
+read back, not run again. The same command runs on GPUs with --gpus.
 """
 
 import argparse
 import csv
+import gzip
 import json
 import os
 import statistics
 import subprocess
 import sys
+import time
 import tomllib
 
 import matplotlib
@@ -33,8 +47,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def run(ranks, batch, args, sets, folder, steps=None):
-    """One tsimcne-dist run through launch/local.sh; returns its run folder."""
+def run(ranks, batch, args, sets, folder, steps=None, must_succeed=True):
+    """One tsimcne-dist run through launch/local.sh; returns its run folder (and, when it may
+    fail, the finished process too)."""
     kind = ["--gpus", str(ranks)] if args.gpus else ["--cpu", str(ranks)]
     cmd = ["bash", f"{ROOT}/launch/local.sh", *kind, "--", "train", "--data", args.data, "--out", folder]
     if args.config:
@@ -53,6 +68,8 @@ def run(ranks, batch, args, sets, folder, steps=None):
         env["CORES"] = str(ranks)  # one thread per rank
     subprocess.run(["rm", "-rf", folder], check=True)
     done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if not must_succeed:
+        return folder, done
     if done.returncode != 0:
         sys.exit(f"ranks {ranks}, batch {batch} failed:\n{done.stderr[-2000:]}")
     return folder
@@ -82,14 +99,121 @@ def training_images(data, config):
             sizes["train"] = sizes.get("train", 0) + os.path.getsize(path) // 3073
         elif name == "test_batch.bin":
             sizes["test"] = os.path.getsize(path) // 3073
-        elif name.startswith("train-labels-idx1"):
-            sizes["train"] = 60000 if "fashion" in data or "mnist" in data else None
-        elif name.startswith("t10k-labels-idx1"):
-            sizes["test"] = 10000 if "fashion" in data or "mnist" in data else None
+        elif name.startswith(("train-labels-idx1", "t10k-labels-idx1")):
+            # The count is the second big-endian word of the labels file's header.
+            opener = gzip.open if name.endswith(".gz") else open
+            with opener(path, "rb") as f:
+                count = int.from_bytes(f.read(8)[4:], "big")
+            sizes["train" if name.startswith("train") else "test"] = count
     cfg = tomllib.load(open(config, "rb")) if config else {}
     n = (sizes.get("train") or 0) + ((sizes.get("test") or 0) if cfg.get("train_on_test") else 0)
     limit = cfg.get("train_limit", 0)
     return min(n, limit) if limit else n
+
+
+RULE_COLOURS = {"linear": "tab:blue", "sqrt": "tab:orange", "fixed": "tab:green"}
+OPT_STYLES = {"sgd": "-", "lars": "--"}
+
+
+def accuracy_study(args):
+    """One whole schedule (`--epochs`) per optimizer × learning-rate rule × global batch, on the
+    largest world size of --ranks; the map's kNN accuracy, the final loss, images/s and time of
+    each. A run whose folder already holds its metrics is read, not run again (an interrupted
+    study resumes). A run that diverges is kept in the table with its error."""
+    world = max(int(r) for r in args.ranks.split(","))
+    label = args.label or os.path.basename(os.path.normpath(args.data))
+    rows = []
+    for opt in args.optimizers.split(","):
+        for rule in args.rules.split(","):
+            for b in (int(x) for x in args.batches.split(",")):
+                folder = f"{args.out}/runs/{label}-{opt}-{rule}-b{b}"
+                sets = [*args.sets, f"epochs={args.epochs}", f"optim.optimizer={opt}", f"optim.lr_rule={rule}"]
+                if opt == "lars" and args.lars_lr is not None:
+                    sets.append(f"optim.lr={args.lars_lr}")
+                row = {"dataset": label, "optimizer": opt, "rule": rule, "batch": b, "ranks": world}
+                metrics = f"{folder}/metrics.json"
+                if not os.path.exists(metrics):
+                    start = time.time()
+                    _, done = run(world, b, args, sets, folder, must_succeed=False)
+                    row["seconds"] = time.time() - start
+                    json.dump({"seconds": row["seconds"], "returncode": done.returncode, "stderr_tail": done.stderr[-3000:]}, open(f"{folder}/study.json", "w"))
+                study = json.load(open(f"{folder}/study.json"))
+                row["seconds"] = study["seconds"]
+                steps = [json.loads(line) for line in open(f"{folder}/train-log.jsonl")] if os.path.exists(f"{folder}/train-log.jsonl") else []
+                row["steps"] = len(steps)
+                row["final_loss"] = steps[-1]["loss"] if steps else None
+                row["images_per_s"] = statistics.median(s["images_per_s"] for s in steps[1:]) if len(steps) > 1 else None
+                cfg = tomllib.load(open(f"{folder}/config.toml", "rb")) if os.path.exists(f"{folder}/config.toml") else {}
+                row["peak_lr"] = cfg.get("optim", {}).get("lr", 0.0) * {"linear": b / 256, "sqrt": (b / 256) ** 0.5, "fixed": 1.0}[rule]
+                if os.path.exists(metrics):
+                    row["knn_accuracy"] = json.load(open(metrics))["knn_accuracy"]
+                    row["status"] = "ok"
+                else:
+                    lines = [ln for ln in study["stderr_tail"].splitlines() if ln.startswith("tsimcne-dist:")]
+                    row["knn_accuracy"] = None
+                    row["status"] = lines[-1] if lines else f"exit {study['returncode']}"
+                rows.append(row)
+                knn = row["knn_accuracy"]
+                print(f"{label} {opt} {rule} {b}: {'–' if knn is None else f'{100 * knn:.1f} %'} in {row['seconds']:.0f} s", flush=True)
+    write_accuracy(rows, args.out, label)
+
+
+def write_accuracy(rows, out, label):
+    keys = ["dataset", "optimizer", "rule", "batch", "ranks", "peak_lr", "steps", "knn_accuracy", "final_loss", "images_per_s", "seconds", "status"]
+    with open(f"{out}/accuracy-{label}.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, keys, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+    batches = sorted({r["batch"] for r in rows})
+    lines = ["| optimizer | lr rule | " + " | ".join(f"{b:,}" for b in batches) + " |", "| --- | --- |" + " --- |" * len(batches)]
+    for opt in OPT_STYLES:
+        for rule in RULE_COLOURS:
+            sel = {r["batch"]: r for r in rows if r["optimizer"] == opt and r["rule"] == rule}
+            if not sel:
+                continue
+            cells = []
+            for b in batches:
+                r = sel.get(b)
+                if r is None:
+                    cells.append("")
+                elif r["knn_accuracy"] is None:
+                    cells.append("diverged" if "not finite" in r["status"] else "failed")
+                else:
+                    cells.append(f"{100 * r['knn_accuracy']:.1f}")
+            lines.append(f"| {opt.upper()} | {rule} | " + " | ".join(cells) + " |")
+    lines += ["", "| optimizer | lr rule | global batch | peak lr | steps | kNN | final loss | images/s | time (s) |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    fmt = lambda v, f: "–" if v is None else format(v, f)  # noqa: E731
+    for r in rows:
+        knn = "–" if r["knn_accuracy"] is None else f"{100 * r['knn_accuracy']:.1f} %"
+        lines.append(
+            f"| {r['optimizer'].upper()} | {r['rule']} | {r['batch']:,} | {r['peak_lr']:.3g} | {r['steps']} | {knn} | "
+            f"{fmt(r['final_loss'], '.3f')} | {fmt(r['images_per_s'], '.0f')} | {r['seconds']:.0f} |"
+        )
+    open(f"{out}/accuracy-{label}.md", "w").write("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.8), dpi=150)
+    for opt, style in OPT_STYLES.items():
+        for rule, colour in RULE_COLOURS.items():
+            sel = sorted((r for r in rows if r["optimizer"] == opt and r["rule"] == rule), key=lambda r: r["batch"])
+            if not sel:
+                continue
+            xs = [r["batch"] for r in sel]
+            ys = [None if r["knn_accuracy"] is None else 100 * r["knn_accuracy"] for r in sel]
+            ax.plot(xs, [float("nan") if y is None else y for y in ys], style, marker="o", color=colour, label=f"{opt.upper()}, {rule}")
+            for x, y in zip(xs, ys):
+                if y is None:
+                    ax.plot(x, 10, "x", color=colour, ms=8)
+    ax.axhline(10, color="grey", lw=0.8, ls=":")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("global batch")
+    ax.set_ylabel("2-D map kNN accuracy (%)")
+    ax.set_title(f"{label}: accuracy against batch (× at 10 %: diverged)", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6, ncol=2)
+    fig.tight_layout()
+    fig.savefig(f"{out}/accuracy-{label}.png")
+    plt.close(fig)
 
 
 def main():
@@ -103,7 +227,19 @@ def main():
     ap.add_argument("--set", dest="sets", action="append", default=[])
     ap.add_argument("--accuracy-epochs")
     ap.add_argument("--out", default=f"{ROOT}/benchmarks/out/scale")
+    ap.add_argument("--accuracy", action="store_true", help="the accuracy study: whole schedules over optimizers × lr rules × batches")
+    ap.add_argument("--epochs", help="the accuracy study's epochs per stage, e.g. [6,1,3]")
+    ap.add_argument("--rules", default="linear,sqrt,fixed")
+    ap.add_argument("--optimizers", default="sgd,lars")
+    ap.add_argument("--lars-lr", type=float, help="LARS's rate per 256 images (default: the config's, as SGD's)")
+    ap.add_argument("--label", help="the data set's name in the accuracy study's files (default: the folder's name)")
     args = ap.parse_args()
+    if args.accuracy:
+        if not args.epochs:
+            sys.exit("--accuracy needs --epochs, e.g. --epochs '[6,1,3]'")
+        os.makedirs(args.out, exist_ok=True)
+        accuracy_study(args)
+        return
     ranks = [int(r) for r in args.ranks.split(",")]
     batches = [int(b) for b in args.batches.split(",")]
     os.makedirs(args.out, exist_ok=True)
