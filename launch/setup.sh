@@ -2,7 +2,8 @@
 # Installs what tsimcne-dist needs on a fresh Debian/Ubuntu machine, and nothing twice:
 #   - OpenMPI and libclang (the MPI bindings are generated against mpi.h at build time),
 #   - Debian's Fashion-MNIST (the demo's data) and DejaVu Sans (text in map.png),
-#   - slurm-wlm and munge (the SLURM tests run a one-node cluster on this machine),
+#   - slurm-wlm and munge (the SLURM tests run a cluster of one or two nodes on this machine),
+#   - iproute2 (ip and tc: the emulated-link test and benchmark put ranks in network namespaces),
 #   - libtorch 2.11.0, from PyPI's torch wheel, into .venv (tch 0.24 needs exactly 2.11.0);
 #     .venv/libtorch points at it, and .cargo/config.toml points the build there.
 # Set LIBTORCH to use a libtorch 2.11.0 of your own instead (a cluster module, say).
@@ -10,7 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 packages=(libopenmpi-dev openmpi-bin libclang-dev dataset-fashion-mnist fonts-dejavu-core
-          slurm-wlm munge)
+          slurm-wlm munge iproute2)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
