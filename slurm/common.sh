@@ -15,9 +15,25 @@ readonly TSIMCNE_STOPPED=75
 # on request: exit code 75, or $OUT/STOPPED written (mpirun can report 1 for ranks' 75).
 run_preemptible() {
   echo "tsimcne job ${SLURM_JOB_ID:-?} (restart ${SLURM_RESTART_COUNT:-0}) on ${SLURM_JOB_NODELIST:-?}: $*"
-  rm -f "$OUT/STOPPED"
+  rm -f "$OUT/STOPPED" "$OUT/STALLED"
   "$@" &
   local pid=$! rc
+  # A rank that gave up waiting for the others (stall_timeout_s) leaves OUT/STALLED. The
+  # launcher normally ends the step within seconds then; srun has been seen to wait on for the
+  # step daemon of a node that died, and is ended here after a minute.
+  (
+    while kill -0 "$pid" 2>/dev/null; do
+      if [ -f "$OUT/STALLED" ]; then
+        sleep "${STALL_GRACE_S:-60}"
+        kill -0 "$pid" 2>/dev/null || exit 0
+        echo "the launcher did not end the step within ${STALL_GRACE_S:-60} s of a rank giving up: ending it"
+        kill -KILL "$pid"
+        exit 0
+      fi
+      sleep 2
+    done
+  ) &
+  local watcher=$!
   trap 'echo "signal received: asking the ranks to checkpoint and stop"; kill -USR1 "$pid" 2>/dev/null' USR1 TERM
   # `wait` returns early when a trapped signal arrives; wait again until the step has ended.
   while true; do
@@ -25,6 +41,7 @@ run_preemptible() {
     kill -0 "$pid" 2>/dev/null || break
   done
   trap - USR1 TERM
+  kill "$watcher" 2>/dev/null; wait "$watcher" 2>/dev/null
   if { [ "$rc" -eq "$TSIMCNE_STOPPED" ] || [ -f "$OUT/STOPPED" ]; } && [ -n "${SLURM_JOB_ID:-}" ]; then
     echo "stopped with a checkpoint: requeueing job $SLURM_JOB_ID"
     scontrol requeue "$SLURM_JOB_ID"

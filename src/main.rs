@@ -128,7 +128,7 @@ fn main() -> ExitCode {
     let comm = Watched::new(
         comm,
         Duration::from_secs_f64(cfg.stall_timeout_s),
-        out.join("checkpoints").display().to_string(),
+        out.clone(),
         i32::from(EXIT_FAILED),
     );
     let comm: &dyn Collectives = &comm;

@@ -50,7 +50,7 @@ fn a_preempted_job_requeues_and_ends_as_an_uninterrupted_run() {
             checkpoint_steps(&out).last().is_some_and(|&s| s >= 6)
         });
         cluster.preempt_and_requeue(&id, (tasks_after != 2).then_some((1, tasks_after)));
-        let state = cluster.wait_until_ended(&id, Duration::from_secs(240));
+        let state = cluster.wait_until_ended(&id, Duration::from_secs(240), &log);
         let text = std::fs::read_to_string(&log).unwrap();
         assert_eq!(state, "COMPLETED", "{launcher}:\n{text}");
         assert!(

@@ -2,8 +2,11 @@
 //! in their next collective for ever: MPI over TCP prints that a peer hung up and goes on
 //! waiting, NCCL waits too, and the launcher (srun, whose step daemon on the dead node is gone)
 //! waits for them. [`Watched`] times each collective on a thread of its own and ends the rank
-//! with one line when one waits longer than the limit; the launcher then ends the job.
+//! with one line when one waits longer than the limit; the launcher then ends the job. The rank
+//! also leaves that line in `OUT/STALLED`: srun has been seen to wait on for a step daemon
+//! that died with its node even after the other ranks exited, and the job scripts end it then.
 
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -38,12 +41,12 @@ struct Clock {
 
 impl Watched {
     /// Watches `inner`'s collectives: one that has not completed after `limit`, this process
-    /// prints one line (naming `resume_from`, where the run's checkpoints are) and exits with
-    /// `exit_code`. A zero limit watches nothing.
+    /// prints one line (naming the checkpoints of the run folder `out`), writes it to
+    /// `out/STALLED` and exits with `exit_code`. A zero limit watches nothing.
     pub fn new(
         inner: Box<dyn Collectives>,
         limit: Duration,
-        resume_from: String,
+        out: PathBuf,
         exit_code: i32,
     ) -> Watched {
         let clock = Arc::new(Clock {
@@ -54,7 +57,7 @@ impl Watched {
         if !limit.is_zero() {
             let watched = Arc::clone(&clock);
             let rank = inner.rank();
-            std::thread::spawn(move || watch(&watched, limit, rank, &resume_from, exit_code));
+            std::thread::spawn(move || watch(&watched, limit, rank, &out, exit_code));
         }
         Watched { inner, clock }
     }
@@ -70,7 +73,7 @@ impl Watched {
 }
 
 /// The watching thread: checks a few times per limit, never returns.
-fn watch(clock: &Clock, limit: Duration, rank: usize, resume_from: &str, exit_code: i32) {
+fn watch(clock: &Clock, limit: Duration, rank: usize, out: &std::path::Path, exit_code: i32) {
     let limit_ms = limit.as_millis() as u64;
     let tick = (limit / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
     loop {
@@ -81,13 +84,16 @@ fn watch(clock: &Clock, limit: Duration, rank: usize, resume_from: &str, exit_co
             continue;
         }
         let what = NAMES[clock.which.load(Ordering::Relaxed)];
-        eprintln!(
+        let line = format!(
             "tsimcne-dist: rank {rank}: the {what} has waited {:.0} s for the other ranks \
              (stall_timeout_s): a rank or its node has died or stopped answering; ending this \
-             rank. Run the same command again to resume from the newest checkpoint in \
-             {resume_from}",
-            limit.as_secs_f64()
+             rank. Run the same command again to resume from the newest checkpoint in {}",
+            limit.as_secs_f64(),
+            out.join("checkpoints").display()
         );
+        eprintln!("{line}");
+        // For the job script; the run folder may be gone or read-only, and the line is printed.
+        let _ = std::fs::write(out.join("STALLED"), format!("{line}\n"));
         // The main thread is inside MPI or NCCL and cannot be unwound: end the process here.
         // SAFETY: _exit ends the process at once; nothing of ours is shared with it.
         unsafe { libc::_exit(exit_code) };

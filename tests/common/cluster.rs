@@ -106,15 +106,42 @@ impl Cluster {
         );
     }
 
-    /// Waits until job `id` has ended; its final state.
-    pub fn wait_until_ended(&self, id: &str, limit: Duration) -> String {
-        wait_for("the job to end", limit, || {
-            matches!(
-                self.job_field(id, "JobState").as_str(),
+    /// Waits until job `id` has ended; its final state. On a timeout the test fails with the
+    /// job's log (`log`), its state and the processes of its steps.
+    pub fn wait_until_ended(&self, id: &str, limit: Duration, log: &Path) -> String {
+        let start = std::time::Instant::now();
+        loop {
+            let state = self.job_field(id, "JobState");
+            if matches!(
+                state.as_str(),
                 "COMPLETED" | "FAILED" | "CANCELLED" | "TIMEOUT" | "NODE_FAIL"
-            )
-        });
-        self.job_field(id, "JobState")
+            ) {
+                return state;
+            }
+            if start.elapsed() > limit {
+                let text = std::fs::read_to_string(log).unwrap_or_default();
+                let ps = Command::new("ps")
+                    .args(["-eo", "pid,ppid,etime,args"])
+                    .output()
+                    .unwrap();
+                let ps = String::from_utf8_lossy(&ps.stdout);
+                let steps: Vec<&str> = ps
+                    .lines()
+                    .filter(|l| {
+                        l.contains("tsimcne")
+                            || l.contains("srun")
+                            || l.contains("slurmstepd")
+                            || l.contains("orted")
+                    })
+                    .collect();
+                panic!(
+                    "job {id} still {state} after {limit:?}\n{}\nprocesses:\n{}\nlog:\n{text}",
+                    self.output("squeue", &["-s", "-j", id]),
+                    steps.join("\n")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
 }
 
