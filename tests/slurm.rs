@@ -6,7 +6,7 @@
 //! requeued onto one task (an elastic resume: same global batch, half the ranks).
 
 mod common;
-use common::cluster::{continued_on_one_rank, resumed_step, Cluster};
+use common::cluster::{continued_on_one_rank, job_env, resumed_step, Cluster};
 use common::*;
 use std::time::Duration;
 
@@ -25,7 +25,6 @@ fn a_preempted_job_requeues_and_ends_as_an_uninterrupted_run() {
     let (expected, _) = model_and_optimizer(&newest_checkpoint(&reference));
 
     let cluster = Cluster::start(&tmp.path().join("cluster"), 1);
-    let sets: String = SETS.iter().map(|s| format!("--set {s} ")).collect();
     for (launcher, tasks_after) in [("mpirun", 2), ("srun", 1)] {
         let out = tmp.path().join(format!("job-{launcher}"));
         let log = tmp.path().join(format!("job-{launcher}.out"));
@@ -37,14 +36,7 @@ fn a_preempted_job_requeues_and_ends_as_an_uninterrupted_run() {
                 &format!("--output={}", log.display()),
                 "slurm/cpu.sbatch",
             ],
-            &[
-                ("LAUNCHER", launcher.as_ref()),
-                ("CONFIG", "configs/exactness.toml".as_ref()),
-                ("DATA", data.as_os_str()),
-                ("OUT", out.as_os_str()),
-                ("BIN", BIN.as_ref()),
-                ("SETS", sets.as_ref()),
-            ],
+            &job_env(launcher, &data, &out, SETS),
         );
         wait_for("the first checkpoint", Duration::from_secs(120), || {
             checkpoint_steps(&out).last().is_some_and(|&s| s >= 6)

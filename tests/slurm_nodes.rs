@@ -7,12 +7,13 @@
 //! Both ran 10 times in a row beside a CPU-bound study.
 
 mod common;
-use common::cluster::{continued_on_one_rank, resumed_step, Cluster};
+use common::cluster::{continued_on_one_rank, job_env, resumed_step, Cluster};
 use common::*;
-use std::ffi::OsStr;
-use std::path::Path;
-use std::sync::Mutex;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
+use tempfile::TempDir;
 
 /// The two tests each start a cluster and train on it: one at a time on 2 cores.
 static ONE_CLUSTER_AT_A_TIME: Mutex<()> = Mutex::new(());
@@ -36,17 +37,9 @@ fn submit_two_nodes(
     log: &Path,
     sets: &[&str],
 ) -> String {
-    let sets: String = sets.iter().map(|s| format!("--set {s} ")).collect();
-    let mut env: Vec<(&str, &OsStr)> = vec![
-        ("DEVICE", "cpu".as_ref()),
-        ("LAUNCHER", launcher.as_ref()),
-        ("CONFIG", "configs/exactness.toml".as_ref()),
-        ("DATA", data.as_os_str()),
-        ("OUT", out.as_os_str()),
-        ("BIN", BIN.as_ref()),
-        ("SETS", sets.as_ref()),
-    ];
-    env.extend(NCCL.iter().map(|(k, v)| (*k, OsStr::new(v))));
+    let mut env = job_env(launcher, data, out, sets);
+    env.push(("DEVICE", "cpu".into()));
+    env.extend(NCCL.iter().map(|(k, v)| (*k, OsString::from(v))));
     cluster.submit(
         &[
             "--nodes=2",
@@ -60,6 +53,20 @@ fn submit_two_nodes(
     )
 }
 
+/// For a test as root: this test's turn, scratch CIFAR data and a cluster of two nodes (or
+/// `None`, with one line, for other users).
+fn two_nodes(test: &str) -> Option<(MutexGuard<'static, ()>, TempDir, PathBuf, Cluster)> {
+    if !needs_root(test) {
+        return None;
+    }
+    let turn = ONE_CLUSTER_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    let (tmp, data) = scratch_with_cifar(40);
+    let cluster = Cluster::start(&tmp.path().join("cluster"), 2);
+    Some((turn, tmp, data, cluster))
+}
+
 /// The variable that carries the node-local rank under `launcher`.
 fn local_rank_var(launcher: &str) -> &'static str {
     match launcher {
@@ -70,16 +77,11 @@ fn local_rank_var(launcher: &str) -> &'static str {
 
 #[test]
 fn a_two_node_job_reports_its_placement_requeues_onto_one_node_and_ends_as_that_run() {
-    if !needs_root(
+    let Some((_one, tmp, data, cluster)) = two_nodes(
         "a_two_node_job_reports_its_placement_requeues_onto_one_node_and_ends_as_that_run",
-    ) {
+    ) else {
         return;
-    }
-    let _one = ONE_CLUSTER_AT_A_TIME
-        .lock()
-        .unwrap_or_else(|e| e.into_inner());
-    let (tmp, data) = scratch_with_cifar(40);
-    let cluster = Cluster::start(&tmp.path().join("cluster"), 2);
+    };
     for launcher in ["srun", "mpirun"] {
         let out = tmp.path().join(format!("job-{launcher}"));
         let log = tmp.path().join(format!("job-{launcher}.out"));
@@ -140,16 +142,11 @@ fn a_two_node_job_reports_its_placement_requeues_onto_one_node_and_ends_as_that_
 
 #[test]
 fn a_node_that_dies_mid_step_ends_the_job_with_one_line_and_a_checkpoint_that_resumes() {
-    if !needs_root(
+    let Some((_one, tmp, data, cluster)) = two_nodes(
         "a_node_that_dies_mid_step_ends_the_job_with_one_line_and_a_checkpoint_that_resumes",
-    ) {
+    ) else {
         return;
-    }
-    let _one = ONE_CLUSTER_AT_A_TIME
-        .lock()
-        .unwrap_or_else(|e| e.into_inner());
-    let (tmp, data) = scratch_with_cifar(40);
-    let cluster = Cluster::start(&tmp.path().join("cluster"), 2);
+    };
     // Long enough never to end by itself; rank 0 gives up on a collective after 10 s.
     let sets = ["epochs=[3000,2,4]", "stall_timeout_s=10"];
     for (launcher, parent) in [("srun", "slurmstepd"), ("mpirun", "orted")] {

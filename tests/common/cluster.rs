@@ -1,11 +1,11 @@
 //! The SLURM cluster of tests/slurm/cluster.sh, for the tests that submit jobs to it.
 
-use std::ffi::OsStr;
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use super::{assert_ok, model_and_optimizer, newest_checkpoint, train, wait_for, Named};
+use super::{assert_ok, model_and_optimizer, newest_checkpoint, train, wait_for, Named, BIN};
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
@@ -54,7 +54,7 @@ impl Cluster {
     }
 
     /// `sbatch --parsable ARGS` with `env` added to the job's environment; the job id.
-    pub fn submit(&self, args: &[&str], env: &[(&str, &OsStr)]) -> String {
+    pub fn submit(&self, args: &[&str], env: &[(&str, OsString)]) -> String {
         let mut c = self.command("sbatch");
         c.arg("--parsable").args(args);
         for (k, v) in env {
@@ -183,4 +183,23 @@ pub fn continued_on_one_rank(
     assert_ok(&train(2, config, data, dir, &first));
     assert_ok(&train(1, config, data, dir, sets));
     model_and_optimizer(&newest_checkpoint(dir)).0
+}
+
+/// The environment through which the job scripts in slurm/ take their settings: `launcher`,
+/// configs/exactness.toml, `data`, `out`, this build's binary and `--set` flags for `sets`.
+pub fn job_env(
+    launcher: &str,
+    data: &Path,
+    out: &Path,
+    sets: &[&str],
+) -> Vec<(&'static str, OsString)> {
+    let sets: String = sets.iter().map(|s| format!("--set {s} ")).collect();
+    vec![
+        ("LAUNCHER", launcher.into()),
+        ("CONFIG", "configs/exactness.toml".into()),
+        ("DATA", data.into()),
+        ("OUT", out.into()),
+        ("BIN", BIN.into()),
+        ("SETS", sets.into()),
+    ]
 }
