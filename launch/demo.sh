@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The demo: t-SimCNE on 20,000 Fashion-MNIST images (Debian's dataset-fashion-mnist) with two
-# CPU ranks under mpirun, configs/cpu.toml (the pixel MLP), about two and a half minutes on
+# CPU ranks under mpirun, configs/cpu.toml (the pixel MLP), about three minutes on
 # 2 cores. Prints the map's kNN accuracy (of all 70,000 images' map, scored on the test split) and
 # writes demo-run/map.png. Run launch/setup.sh first. Running it again resumes, then re-reports.
 #   bash launch/demo.sh [extra tsimcne-dist train flags, e.g. --set epochs=[2,1,1]]

@@ -11,7 +11,13 @@ set -euo pipefail
 cmd=$1 dir=$(realpath -m "$2") nodes=${3:-1}
 
 stop() {
-  local f
+  local f p
+  # What a test that failed may have left of its jobs: the batch scripts run from our spool,
+  # with srun and the ranks below them.
+  for p in $(pgrep -f "$dir/spool/" || true); do
+    pkill -KILL -P "$p" 2>/dev/null || true
+    kill -KILL "$p" 2>/dev/null || true
+  done
   for f in "$dir"/slurmd.*.pid "$dir"/slurmctld.pid "$dir"/munged.pid; do
     [ -f "$f" ] && kill "$(cat "$f")" 2>/dev/null || true
   done
