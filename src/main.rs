@@ -105,14 +105,14 @@ fn main() -> ExitCode {
 
     // Everything that can be wrong with the inputs is found before any step, on every rank;
     // the lowest failing rank says what, and all ranks exit together.
+    let placement = Placement::here(mpi.local());
     let chosen = Config::load(config.as_deref(), &overrides, mpi.world())
         .map_err(TrainError::from)
-        .and_then(|cfg| Ok((dist::choose_device(cfg.device, mpi.local().1)?, cfg)));
+        .and_then(|cfg| Ok((dist::choose_device(cfg.device, placement.local_rank)?, cfg)));
     let (device, cfg) = match agree(&mpi, chosen) {
         Ok(v) => v,
         Err(code) => return code,
     };
-    let placement = Placement::here(mpi.local());
     tracing::info!(target: PLACEMENT, device = ?device, "{placement}");
     if let Some(why) = placement.disagreement() {
         tracing::warn!("{why}");

@@ -27,26 +27,24 @@ fn ranks_on_emulated_hosts_train_as_under_mpirun_and_their_gradients_cross_the_s
     assert_ok(&train(2, "exactness.toml", &data, &reference, &sets));
 
     let bench = tmp.path().join("bench");
-    let mut args = vec![
-        format!("{ROOT}/benchmarks/links.sh"),
-        "run".into(),
-        bench.display().to_string(),
-        "2".into(),
-        RATE.0.into(),
+    // links.sh chooses --out itself (OUT/run).
+    let config = format!("{ROOT}/configs/exactness.toml");
+    let args = [
+        &format!("{ROOT}/benchmarks/links.sh"),
+        "run",
+        bench.to_str().unwrap(),
+        "2",
+        RATE.0,
+        "--config",
+        &config,
+        "--data",
+        data.to_str().unwrap(),
+        "--set",
+        sets[0],
     ];
-    let train = train_args(Some("exactness.toml"), &data, &bench, &sets);
-    // links.sh chooses --out itself (OUT/run): pass the rest of the arguments.
-    let skip_out = train.iter().position(|a| a == "--out").unwrap();
-    args.extend(
-        train[1..]
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| *i + 1 != skip_out && *i + 1 != skip_out + 1)
-            .map(|(_, a)| a.clone()),
-    );
     let tag = format!("tslt{}", std::process::id());
     let out = Command::new("bash")
-        .args(&args)
+        .args(args)
         .env("LINK_TAG", &tag)
         .env("TSIMCNE_BIN", BIN)
         .env("LINK_RUN_LIMIT", "120")
