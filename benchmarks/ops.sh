@@ -33,7 +33,7 @@ sets=(--set batch_size=64 --set train_limit=1024 --set threads=2)
 run() {  # binary, steps, run folder, extra --set flags
   local bin=$1 steps=$2 dir=$3; shift 3
   TSIMCNE_OPS_REPORT="$dir.ops" LD_PRELOAD="$PWD/$out/libopcount.so" "$bin" train \
-    --config configs/cpu.toml --data "$data" --out "$dir" "${sets[@]}" --set max_steps="$steps" "$@" 2>/dev/null
+    --config configs/large-batch.toml --data "$data" --out "$dir" "${sets[@]}" --set max_steps="$steps" "$@" 2>/dev/null
 }
 echo "| network | operators per step outside the network, before ($before) | after | inside the network (forward + backward nodes) |"
 echo "| --- | --- | --- | --- |"

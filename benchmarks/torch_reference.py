@@ -74,6 +74,8 @@ DEFAULTS = {
         "jitter": [0.4, 0.4, 0.4, 0.1],
         "jitter_p": 0.8,
         "grayscale_p": 0.2,
+        # tsimcne-dist's neighbour positives; this script makes t-SimCNE's pairs only.
+        "neighbours": 0,
     },
 }
 CHOICES = {
@@ -162,6 +164,8 @@ def load_config(path, overrides):
         raise SystemExit("config: batch_size must be ≥ 2 and every stage needs ≥ 1 epoch")
     if any(w > e for w, e in zip(cfg["optim"]["warmup_epochs"], cfg["epochs"])):
         raise SystemExit("config: a stage's warm-up is longer than the stage")
+    if cfg["augment"]["neighbours"]:
+        raise SystemExit("config: augment.neighbours (neighbour positives) is tsimcne-dist's alone; give --set augment.neighbours=0")
     return cfg
 
 

@@ -1,5 +1,6 @@
 //! The host's part of each step, prepared one step ahead: this rank's image indices of the
-//! global batch and its views' augmentation parameters. The next step's are drawn on a helper
+//! global batch (and, with neighbour positives, each one's partner) and its views' augmentation
+//! parameters. The next step's are drawn on a helper
 //! thread while the current step computes, and reach the device without waiting for it
 //! (pinned memory, asynchronous copy), so the host never holds the device back.
 
@@ -11,7 +12,8 @@ use tch::{Device, Tensor};
 use crate::augment::{self, COLUMNS};
 use crate::config::Config;
 use crate::data::shard;
-use crate::rng::epoch_order;
+use crate::neighbours::Neighbours;
+use crate::rng::{epoch_order, partner_choices};
 use crate::schedule::Position;
 
 /// What does not change during a run: enough to draw any position's batch on any thread.
@@ -23,6 +25,8 @@ struct Plan {
     n_train: usize,
     size: (usize, usize),
     augment: crate::config::AugmentConfig,
+    /// The neighbour graph when second views are of neighbours.
+    neighbours: Option<Arc<Neighbours>>,
 }
 
 /// One step's input on the host.
@@ -31,8 +35,9 @@ struct HostBatch {
     table: Vec<f32>,
 }
 
-/// One step's input on the device: this rank's image indices (into the training images) and
-/// their views' parameter table (rows `0..n` first views, `n..2n` second views).
+/// One step's input on the device: the images its views are made of (indices into the
+/// training images: this rank's b images, then with neighbour positives each one's partner)
+/// and the views' parameter table (rows `0..b` first views, `b..2b` second views).
 pub struct StepInput {
     pub indices: Tensor,
     pub table: Tensor,
@@ -57,6 +62,7 @@ impl Batches {
         n_train: usize,
         size: (usize, usize),
         steps_per_epoch: usize,
+        neighbours: Option<Arc<Neighbours>>,
         device: Device,
     ) -> Batches {
         Batches {
@@ -68,6 +74,7 @@ impl Batches {
                 n_train,
                 size,
                 augment: cfg.augment.clone(),
+                neighbours,
             }),
             steps_per_epoch,
             epochs: cfg.epochs,
@@ -126,8 +133,13 @@ fn draw(plan: &Plan, order: &[usize], pos: Position) -> HostBatch {
         &plan.augment,
         plan.size,
     );
+    let mut indices: Vec<i64> = mine.iter().map(|&i| i as i64).collect();
+    if let Some(graph) = &plan.neighbours {
+        let picks = partner_choices(plan.seed, pos.stage, pos.epoch, mine, graph.k());
+        indices.extend(mine.iter().zip(picks).map(|(&i, c)| graph.of(i)[c] as i64));
+    }
     HostBatch {
-        indices: mine.iter().map(|&i| i as i64).collect(),
+        indices,
         table: augment::param_table(&params, plan.size),
     }
 }
@@ -153,3 +165,55 @@ pub fn fits_on_device(count: usize, image_len: usize) -> bool {
 /// Training images kept on the device at most (CIFAR-10: 150 MB; a larger set is read from
 /// its memory map each step instead).
 const RESIDENT_BYTES: u64 = 4 << 30;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(rank: usize, neighbours: Option<Neighbours>) -> Plan {
+        Plan {
+            seed: 5,
+            batch_size: 8,
+            rank,
+            world: 2,
+            n_train: 16,
+            size: (4, 4),
+            augment: Default::default(),
+            neighbours: neighbours.map(Arc::new),
+        }
+    }
+
+    #[test]
+    fn with_neighbour_positives_each_image_is_followed_by_one_of_its_neighbours() {
+        // Image i's three neighbours are 100 + i, 200 + i and 300 + i (ids only, never read).
+        let ids = (0..16u32)
+            .flat_map(|i| [100 + i, 200 + i, 300 + i])
+            .collect();
+        let graph = Neighbours::from_rows(3, ids);
+        let order = epoch_order(5, 0, 0, 16);
+        let pos = Position::START;
+        let mut partners_seen = std::collections::HashSet::new();
+        for rank in 0..2 {
+            let plain = draw(&plan(rank, None), &order, pos);
+            let paired = draw(&plan(rank, Some(graph.clone())), &order, pos);
+            assert_eq!(plain.indices.len(), 4, "this rank's 4 of the global 8");
+            assert_eq!(
+                paired.indices[..4],
+                plain.indices[..],
+                "first views: the same images"
+            );
+            assert_eq!(paired.table, plain.table, "the same views' parameters");
+            for (&image, &partner) in paired.indices[..4].iter().zip(&paired.indices[4..]) {
+                assert!(
+                    [100, 200, 300].iter().any(|b| partner == b + image),
+                    "image {image} paired with {partner}"
+                );
+                partners_seen.insert(partner - image);
+            }
+        }
+        assert!(
+            partners_seen.len() > 1,
+            "one neighbour chosen for every image"
+        );
+    }
+}

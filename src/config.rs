@@ -168,6 +168,10 @@ pub struct AugmentConfig {
     pub jitter: [f64; 4],
     pub jitter_p: f64,
     pub grayscale_p: f64,
+    /// Neighbour positives (0: off, as in t-SimCNE): each image's second view is made from one
+    /// of its this-many nearest training images in pixel space, drawn anew every epoch
+    /// (src/neighbours.rs). Short CPU runs map far better with them (15 in configs/cpu.toml).
+    pub neighbours: usize,
 }
 
 impl Default for AugmentConfig {
@@ -179,6 +183,7 @@ impl Default for AugmentConfig {
             jitter: [0.4, 0.4, 0.4, 0.1],
             jitter_p: 0.8,
             grayscale_p: 0.2,
+            neighbours: 0,
         }
     }
 }
@@ -403,6 +408,12 @@ impl Config {
             if !(0.0..=1.0).contains(&p) {
                 return bad(format!("{name} = {p}: a probability must be in [0, 1]"));
             }
+        }
+        if a.neighbours > MAX_KNN_K {
+            return bad(format!(
+                "augment.neighbours = {}: give at most {MAX_KNN_K} (0: the two views are of the same image)",
+                a.neighbours
+            ));
         }
         if a.jitter[..3].iter().any(|s| !(0.0..=1.0).contains(s))
             || !(0.0..=0.5).contains(&a.jitter[3])

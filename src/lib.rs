@@ -10,6 +10,7 @@ pub mod error;
 pub mod loss;
 pub mod metrics;
 pub mod model;
+pub mod neighbours;
 pub mod opcount;
 pub mod optim;
 pub mod outputs;

@@ -12,6 +12,7 @@ use rand_chacha::ChaCha8Rng;
 enum Purpose {
     Order = 1,
     Augment = 2,
+    Partner = 3,
 }
 
 /// A (stage, epoch) position's stream for `purpose`: the ChaCha key holds all of them, so no
@@ -49,6 +50,26 @@ impl ViewStreams {
     }
 }
 
+/// Which of its `k` neighbours each of `images` is paired with in one (stage, epoch): a
+/// stream per image, so the choice does not depend on which rank makes it.
+pub fn partner_choices(
+    seed: u64,
+    stage: usize,
+    epoch: usize,
+    images: &[usize],
+    k: usize,
+) -> Vec<usize> {
+    let base = epoch_rng(seed, stage, epoch, Purpose::Partner);
+    images
+        .iter()
+        .map(|&image| {
+            let mut rng = base.clone();
+            rng.set_stream(image as u64);
+            rand::Rng::random_range(&mut rng, 0..k)
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -77,5 +98,24 @@ mod tests {
         assert_ne!(first(s.view(5, 0)), first(s.view(6, 0)));
         let order_stream = epoch_rng(7, 0, 3, Purpose::Order);
         assert_ne!(first(s.view(0, 0)), first(order_stream));
+    }
+
+    #[test]
+    fn partner_choices_are_per_image_and_cover_every_neighbour() {
+        let images: Vec<usize> = (0..2000).collect();
+        let all = partner_choices(7, 0, 3, &images, 5);
+        // An image's choice is the same whichever other images share its call (rank slices).
+        assert_eq!(
+            partner_choices(7, 0, 3, &images[1234..1236], 5),
+            all[1234..1236]
+        );
+        assert_ne!(all, partner_choices(7, 0, 4, &images, 5), "epochs differ");
+        for j in 0..5 {
+            let count = all.iter().filter(|&&c| c == j).count();
+            assert!(
+                (300..500).contains(&count),
+                "neighbour {j} chosen {count} times of 2000"
+            );
+        }
     }
 }

@@ -119,6 +119,14 @@ fn bad_inputs_each_give_one_line_and_a_non_zero_exit() {
         &small_run(&good, &out, &["batch_size=1000"]),
         "larger than the 100 training images",
     );
+    refuses(
+        &small_run(&good, &out, &["augment.neighbours=100"]),
+        "augment.neighbours = 100 searches 100 training images",
+    );
+    refuses(
+        &small_run(&good, &out, &["augment.neighbours=1001"]),
+        "augment.neighbours = 1001: give at most 1000",
+    );
 
     // Data.
     refuses(&small_run(&t("missing"), &out, &[]), "does not exist");

@@ -1,8 +1,9 @@
 //! The training loop. One step, as data:
 //!
 //! ```text
-//! this rank's indices of global batch k + its views' parameters (drawn a step ahead)
-//!   → images (resident on the device) → two augmented views → network → z (2b×d)
+//! this rank's indices of global batch k (+ their neighbour partners) + its views' parameters
+//!   (drawn a step ahead) → images (resident on the device) → two augmented views → network
+//!   → z (2b×d)
 //!   → all-gather → Z (2B×d, a leaf) → this rank's part of the loss → dL_r/dZ
 //!   → reduce-scatter (sum) → dL/dz (own rows) → backward into the flat gradient buffer
 //!   → all-reduce (gradients + loss + stop flag) → clip → SGD on the stage's span
@@ -16,6 +17,7 @@ mod passes;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 use tch::{nn, Device, Kind, Tensor};
@@ -30,6 +32,7 @@ use crate::dist::{self, Collectives};
 pub use crate::error::TrainError;
 use crate::loss::{cauchy_infonce_part_and_gradient, Rows};
 use crate::model::{Network, Readout};
+use crate::neighbours;
 use crate::optim::{FlatParams, Span};
 use crate::outputs::folder::RunFolder;
 use crate::outputs::progress::Progress;
@@ -116,6 +119,13 @@ pub fn prepare<'a>(
         0 => pool,
         l => l.min(pool),
     };
+    let k = cfg.augment.neighbours;
+    if k > 0 && !(k < n_train && n_train <= neighbours::MAX_IMAGES) {
+        return Err(TrainError::Setup(format!(
+            "augment.neighbours = {k} searches {n_train} training images exhaustively, which needs more than {k} and at most {} of them; lower augment.neighbours or set train_limit",
+            neighbours::MAX_IMAGES
+        )));
+    }
     if n_train < cfg.batch_size {
         return Err(TrainError::Setup(format!(
             "batch_size = {} is larger than the {n_train} training images in {}; lower batch_size",
@@ -218,14 +228,6 @@ impl<'a> Trainer<'a> {
         let log = self.out.join("train-log.jsonl");
         let total = schedule::total_steps(&self.cfg, self.steps_per_epoch);
         let mut progress = Progress::new(root.then_some(log.as_path()), total, pos.step)?;
-        let mut batches = Batches::new(
-            &self.cfg,
-            (self.comm.rank(), self.comm.world()),
-            self.n_train,
-            (self.data.height, self.data.width),
-            self.steps_per_epoch,
-            self.device,
-        );
         let mut pending: Option<Pending> = None;
         // A stop asked for before the first step (any rank): nothing new to save.
         let early = f64::from(u8::from(stop.load(Ordering::Relaxed)));
@@ -234,6 +236,24 @@ impl<'a> Trainer<'a> {
             self.mark_stopped(pos, &self.last_checkpoint.clone())?;
             return Ok(Outcome::Stopped);
         }
+        let graph = match self.cfg.augment.neighbours {
+            0 => None,
+            k => Some(Arc::new(neighbours::shared(
+                self.comm,
+                &self.data,
+                self.n_train,
+                k,
+            ))),
+        };
+        let mut batches = Batches::new(
+            &self.cfg,
+            (self.comm.rank(), self.comm.world()),
+            self.n_train,
+            (self.data.height, self.data.width),
+            self.steps_per_epoch,
+            graph,
+            self.device,
+        );
         while !pos.finished() {
             if self.cfg.max_steps > 0 && pos.step >= self.cfg.max_steps {
                 self.settle(pending.take(), None, &mut progress)?;
