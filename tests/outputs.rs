@@ -91,6 +91,10 @@ fn a_finished_run_writes_its_outputs_and_learns_the_classes() {
         "kNN accuracy {acc} on classes a network tells apart easily (chance: 0.1)"
     );
     assert_eq!(metrics["world_size"], 2);
+    assert_eq!(
+        metrics["neighbour_positives"], 0,
+        "t-SimCNE's own pairs by default"
+    );
     let png = std::fs::read(out.join("map.png")).unwrap();
     assert_eq!(&png[1..4], b"PNG");
 }

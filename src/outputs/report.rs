@@ -63,13 +63,18 @@ pub fn write(
         "world_size": run.world_size,
         "batch_size": run.cfg.batch_size,
         "epochs": run.cfg.epochs,
+        "neighbour_positives": run.cfg.augment.neighbours,
     });
     let text = serde_json::to_string_pretty(&metrics).unwrap_or_default();
     write_atomic_bytes(&out.join("metrics.json"), text.as_bytes())?;
     if rows.first().is_some_and(|r| r.len() >= 2) {
         let points: Vec<(f32, f32)> = rows.iter().map(|r| (r[0], r[1])).collect();
+        let method = match run.cfg.augment.neighbours {
+            0 => "t-SimCNE".to_owned(),
+            k => format!("t-SimCNE, neighbour positives (k = {k})"),
+        };
         let title = format!(
-            "{} · t-SimCNE · kNN accuracy {:.1} %",
+            "{} · {method} · kNN accuracy {:.1} %",
             data.name,
             100.0 * acc
         );
