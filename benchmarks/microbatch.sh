@@ -19,7 +19,8 @@ for b in $batches; do
     dir=$out/b$b-m$m
     /usr/bin/time -f '%M' -o "$dir.rss" target/release/tsimcne-dist train --config configs/cpu.toml \
       --data "$data" --out "$dir" --set batch_size="$b" --set train_limit=$((4 * b)) \
-      --set threads=2 --set max_steps=4 --set micro_batch="$m" --set augment.neighbours=0 2>/dev/null
+      --set threads=2 --set max_steps=4 --set micro_batch="$m" --set model.backbone=tiny \
+      --set augment.neighbours=0 2>/dev/null
     .venv/bin/python - "$dir" "$b" "$m" <<'PY'
 import json, sys
 d, b, m = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
