@@ -15,9 +15,44 @@ readonly TSIMCNE_STOPPED=75
 # on request: exit code 75, or $OUT/STOPPED written (mpirun can report 1 for ranks' 75).
 run_preemptible() {
   echo "tsimcne job ${SLURM_JOB_ID:-?} (restart ${SLURM_RESTART_COUNT:-0}) on ${SLURM_JOB_NODELIST:-?}: $*"
+  local rc attempt err
+  err=$(mktemp)
+  # srun can fail to start the tasks and still exit 0: seen when a requeued job restarts on the
+  # node where its previous step is still being cleaned up ("task 0 launch failed"). Nothing ran
+  # then, so the launch is tried again.
+  for attempt in 1 2 3; do
+    launch_and_wait "$err" "$@"
+    [ "$rc" -eq 0 ] && sleep 1  # the copy of standard error may trail the launcher's exit
+    [ "$rc" -eq 0 ] && grep -qE "launch failed|aborted before step completely launched" "$err" || break
+    echo "the launcher could not start every task (attempt $attempt of 3); trying again in 10 s"
+    rc=1
+    sleep 10
+  done
+  rm -f "$err"
+  if { [ "$rc" -eq "$TSIMCNE_STOPPED" ] || [ -f "$OUT/STOPPED" ]; } && [ -n "${SLURM_JOB_ID:-}" ]; then
+    echo "stopped with a checkpoint: requeueing job $SLURM_JOB_ID"
+    scontrol requeue "$SLURM_JOB_ID"
+    exit 0
+  fi
+  if [ "$rc" -ne 0 ]; then
+    # One line that says what to do, under whatever the launcher printed about a lost rank.
+    local newest
+    newest=$(find "$OUT/checkpoints" -maxdepth 1 -name 'step-*' 2>/dev/null | sort | tail -1)
+    echo "tsimcne-dist exited with $rc (a rank failed, or its node died); the newest checkpoint is ${newest:-none}: submit the job again to resume from it"
+  else
+    echo "tsimcne-dist exited with 0"
+  fi
+  exit "$rc"
+}
+
+# launch_and_wait ERRFILE COMMAND...: runs COMMAND (its standard error also copied to ERRFILE)
+# until it ends, forwarding USR1/TERM to it; sets rc to its exit code.
+launch_and_wait() {
+  local err=$1; shift
   rm -f "$OUT/STOPPED" "$OUT/STALLED"
-  "$@" &
-  local pid=$! rc
+  : >"$err"
+  "$@" 2> >(tee -a "$err" >&2) &
+  local pid=$!
   # A rank that gave up waiting for the others (stall_timeout_s) leaves OUT/STALLED. The
   # launcher normally ends the step within seconds then; srun has been seen to wait on for the
   # step daemon of a node that died, and is ended here after a minute.
@@ -42,20 +77,7 @@ run_preemptible() {
   done
   trap - USR1 TERM
   kill "$watcher" 2>/dev/null; wait "$watcher" 2>/dev/null
-  if { [ "$rc" -eq "$TSIMCNE_STOPPED" ] || [ -f "$OUT/STOPPED" ]; } && [ -n "${SLURM_JOB_ID:-}" ]; then
-    echo "stopped with a checkpoint: requeueing job $SLURM_JOB_ID"
-    scontrol requeue "$SLURM_JOB_ID"
-    exit 0
-  fi
-  if [ "$rc" -ne 0 ]; then
-    # One line that says what to do, under whatever the launcher printed about a lost rank.
-    local newest
-    newest=$(find "$OUT/checkpoints" -maxdepth 1 -name 'step-*' 2>/dev/null | sort | tail -1)
-    echo "tsimcne-dist exited with $rc (a rank failed, or its node died); the newest checkpoint is ${newest:-none}: submit the job again to resume from it"
-  else
-    echo "tsimcne-dist exited with 0"
-  fi
-  exit "$rc"
+  return 0
 }
 
 # `-x NAME` for every NCCL_* variable set here (the network interface, InfiniBand adapters).
