@@ -77,7 +77,7 @@ pub fn search(images: &Tensor, k: usize) -> Neighbours {
     let mean = x
         .narrow(0, 0, n.min(PCA_SAMPLE))
         .mean_dim(0, true, Kind::Float);
-    let centred = &x - &mean;
+    let centred = x - &mean; // `x` is not kept: N×D floats can be a gigabyte
     let sample = centred.narrow(0, 0, n.min(PCA_SAMPLE));
     // Eigenvectors of the covariance, in ascending order of variance: the last ones lead.
     let (_, vectors) = sample.tr().mm(&sample).linalg_eigh("L");

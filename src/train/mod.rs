@@ -236,8 +236,10 @@ impl<'a> Trainer<'a> {
             self.mark_stopped(pos, &self.last_checkpoint.clone())?;
             return Ok(Outcome::Stopped);
         }
+        // Searched only when a step will run (every rank knows the same position).
+        let idle = pos.finished() || self.at_step_limit(pos);
         let graph = match self.cfg.augment.neighbours {
-            0 => None,
+            k if k == 0 || idle => None,
             k => Some(Arc::new(neighbours::shared(
                 self.comm,
                 &self.data,
@@ -255,7 +257,7 @@ impl<'a> Trainer<'a> {
             self.device,
         );
         while !pos.finished() {
-            if self.cfg.max_steps > 0 && pos.step >= self.cfg.max_steps {
+            if self.at_step_limit(pos) {
                 self.settle(pending.take(), None, &mut progress)?;
                 progress.close(false);
                 // Resumed at the limit, no step ran: the checkpoint resumed from is the answer
@@ -300,6 +302,11 @@ impl<'a> Trainer<'a> {
         progress.close(false);
         self.finish()?;
         Ok(Outcome::Finished)
+    }
+
+    /// Whether `pos` is at the config's `max_steps` (0: no limit).
+    fn at_step_limit(&self, pos: Position) -> bool {
+        self.cfg.max_steps > 0 && pos.step >= self.cfg.max_steps
     }
 
     /// One optimizer step; returns its loss and stop flag, summed over ranks, on the device.
